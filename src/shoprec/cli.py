@@ -1,0 +1,320 @@
+"""``shoprec <verb>``: each verb is a thin adapter over one typed function.
+
+Heavy modules (torch, lightning, mlflow) are imported inside the verbs that need them, so
+``shoprec --help`` and the data verbs start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from shoprec import __version__
+from shoprec.errors import ShoprecError
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from shoprec.config import load_config
+    from shoprec.data.config import DataConfig
+    from shoprec.data.prepare import prepare
+    from shoprec.data.stats import print_stats
+
+    config = load_config(DataConfig, args.config, args.set)
+    prepare(
+        config,
+        output=Path(args.output),
+        input_path=args.input,
+        test_input=args.test_input,
+        strict=args.strict,
+        config_path=Path(args.config),
+    )
+    print_stats(Path(args.output))
+    return 0
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from shoprec.data.stats import print_stats
+
+    print_stats(Path(args.dir))
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from shoprec.data.synth import SynthConfig, write_synthetic
+
+    cfg = SynthConfig(users=args.users, days=args.days, seed=args.seed)
+    out = write_synthetic(cfg, Path(args.output))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from shoprec.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            workdir=Path(args.workdir),
+            data=Path(args.data) if args.data else None,
+            preset=Path(args.preset) if args.preset else None,
+            users=args.users,
+            days=args.days,
+            seed=args.seed,
+            force=args.force,
+        )
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from shoprec.churn.config import is_churn_config_file
+
+    if is_churn_config_file(args.config):
+        from shoprec.churn.cli import train_command
+
+        return train_command(args)
+    from shoprec.training.config import load_experiment
+    from shoprec.training.fit import fit
+
+    config = load_experiment(args.config, args.set)
+    if args.no_track:
+        result = fit(config)
+    else:
+        from shoprec.tracking import RunTracker
+
+        with RunTracker(
+            args.experiment or config.name,
+            config.name,
+            tracking_uri=args.tracking_uri,
+            tags={"task": config.task, "model": config.model_name},
+        ) as tracker:
+            result = fit(config, tracker=tracker)
+        print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
+    _print_metrics(result.metrics, title=f"{config.name}: test metrics")
+    print(f"bundle: {result.bundle_dir}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, float], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from shoprec.data.dataset import PreparedDataset
+    from shoprec.evaluation.evaluate import evaluate_model
+    from shoprec.export import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    dataset = PreparedDataset.open(args.data)
+    result = evaluate_model(
+        bundle.model,
+        dataset,
+        split=args.split,
+        batch_size=args.batch_size,
+        exclude_seen=args.exclude_seen,
+        predictions_out=Path(args.predictions_out) if args.predictions_out else None,
+    )
+    _print_metrics(dict(result.metrics), title=f"{bundle.meta['model_name']} on {args.data}")
+    if args.output:
+        payload = {"metrics": result.metrics, "protocol": result.protocol}
+        Path(args.output).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from shoprec.tuning import load_search, tune
+
+    search = load_search(args.search, args.set)
+    result = tune(
+        search,
+        args.trials,
+        storage=args.storage,
+        study_name=args.study,
+        tracking_uri=args.tracking_uri,
+        track=not args.no_track,
+        timeout=args.timeout,
+        heartbeat_interval=args.heartbeat,
+        grace_period=max(2 * args.heartbeat, 2),
+    )
+    print(
+        f"study {result.study_name} ({result.storage}): {result.finished} finished "
+        f"({result.pruned} pruned), {result.failed} failed, {result.seconds:.0f} s"
+    )
+    if result.best_value is not None:
+        print(f"best {search.metric} = {result.best_value:.4f} with {result.best_params}")
+        print(f"ready-to-run config: {result.best_config_path}")
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from shoprec.tracking import register
+
+    version = register(args.run_id, args.task, tracking_uri=args.tracking_uri)
+    print(f"registered run {args.run_id} as {args.task} version {version}")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from shoprec.tracking import promote
+
+    decision = promote(args.task, args.version, force=args.force, tracking_uri=args.tracking_uri)
+    print(decision.message)
+    return 0 if decision.promoted else 1
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import os
+
+    from shoprec.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}")
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    os.execv(mlflow, cmd)
+    return 0  # pragma: no cover - execv does not return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoprec",
+        description="Session-based recommendations and churn prediction for online stores.",
+    )
+    parser.add_argument("--version", action="version", version=f"shoprec {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    data = verbs.add_parser("data", help="read, validate, sessionize and split event logs")
+    data_verbs = data.add_subparsers(dest="data_verb", metavar="STEP")
+    data_verbs.required = True
+
+    p = data_verbs.add_parser("prepare", help="export -> validated, split Parquet + manifest")
+    p.add_argument("--config", required=True, help="data preset YAML (configs/data/*.yaml)")
+    p.add_argument("--input", default=None, help="source file/folder (overrides the preset)")
+    p.add_argument("--test-input", default=None, help="test file for presets with a given split")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="any bad row is an error (exit 2, naming file, line, column, value)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset key, e.g. --set filters.min_item_support=5",
+    )
+    p.set_defaults(func=_cmd_data_prepare)
+
+    p = data_verbs.add_parser("stats", help="print a readable summary of a prepared dataset")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_data_stats)
+
+    p = data_verbs.add_parser("synth", help="generate the synthetic storefront event log")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--days", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="output folder")
+    p.set_defaults(func=_cmd_data_synth)
+
+    p = verbs.add_parser("train", help="train, evaluate and export a model from a config")
+    p.add_argument("config", help="experiment YAML (configs/experiment/*.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set trainer.max_epochs=3",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment name")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_cmd_train)
+
+    p = verbs.add_parser("evaluate", help="full-catalogue evaluation of a bundle")
+    p.add_argument("--bundle", required=True, help="model bundle folder")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--split", default="test", choices=["test", "valid"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--exclude-seen", action="store_true", help="never rank prefix items")
+    p.add_argument("--predictions-out", default=None, help="top-20 ids + rank per case")
+    p.add_argument("--output", default=None, help="write metrics + protocol JSON here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = verbs.add_parser("tune", help="Optuna study over a search space (configs/search)")
+    p.add_argument("search", help="search space YAML")
+    p.add_argument("--trials", type=int, required=True, help="finished trials for the study")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite)")
+    p.add_argument("--study", default=None, help="study name (default: the search's name)")
+    p.add_argument("--timeout", type=float, default=None, help="stop this worker after N s")
+    p.add_argument(
+        "--heartbeat", type=int, default=10, help="seconds between trial heartbeats (resume)"
+    )
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--no-track", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_tune)
+
+    p = verbs.add_parser("register", help="register a run's bundle under a task name")
+    p.add_argument("run_id")
+    p.add_argument("--task", default="next-item", choices=["next-item", "churn"])
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=_cmd_register)
+
+    p = verbs.add_parser("promote", help="make a registered version the champion if better")
+    p.add_argument("version")
+    p.add_argument("--task", default="next-item", choices=["next-item", "churn"])
+    p.add_argument("--force", action="store_true", help="promote even if not better")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=_cmd_promote)
+
+    p = verbs.add_parser("ui", help="open the MLflow UI on the tracking store")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_cmd_ui)
+
+    from shoprec.churn.cli import register_cli as register_churn
+    from shoprec.packaging import register_cli as register_packaging
+
+    register_churn(verbs)
+    register_packaging(verbs)
+
+    p = verbs.add_parser("demo", help="run the main job end to end on the embedded default")
+    p.add_argument("--workdir", default="demo", help="where the demo writes everything")
+    p.add_argument("--data", default=None, help="your own export instead of the synthetic one")
+    p.add_argument("--preset", default=None, help="data preset for --data (configs/data/*.yaml)")
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--days", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="redo every step")
+    p.set_defaults(func=_cmd_demo)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ShoprecError, FileNotFoundError) as exc:
+        print(f"shoprec: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The event-log pipeline: readers, validation, sessionization, splits, datasets."""
