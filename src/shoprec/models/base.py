@@ -1,0 +1,59 @@
+"""The one contract every next-item model meets, neural or not.
+
+Evaluation and serving only ever call :meth:`NextItemModel.score`; bundles only ever call
+:meth:`NextItemModel.to_bundle` / ``from_bundle``. A model therefore never needs Lightning,
+pickles or training code to be evaluated or served.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from shoprec.schema import PADDING_IDX
+
+__all__ = ["PADDING_IDX", "NextItemModel", "left_pad"]
+
+
+@runtime_checkable
+class NextItemModel(Protocol):
+    """Scores the whole catalogue for a batch of session prefixes.
+
+    Item indices run 1..n_items; 0 is padding. ``score`` takes a LongTensor ``(B, T)`` of
+    LEFT-padded prefixes (zeros first, the most recent item last) and returns a float tensor
+    ``(B, n_items + 1)`` of scores, higher is better; column 0 (padding) must be ``-inf``.
+    Padding must not change the scores of a prefix.
+    """
+
+    name: str
+    n_items: int
+
+    def score(self, prefixes: torch.Tensor) -> torch.Tensor: ...
+
+    def to_bundle(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(JSON-able config, tensors) that ``from_bundle`` rebuilds the model from."""
+        ...
+
+    @classmethod
+    def from_bundle(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> NextItemModel: ...
+
+
+def left_pad(sessions: list[list[int]] | list[Any], max_len: int | None = None) -> torch.Tensor:
+    """Left-pad (and left-truncate to the last ``max_len`` items) a list of item sequences.
+
+    >>> left_pad([[1, 2, 3], [4]]).tolist()
+    [[1, 2, 3], [0, 0, 4]]
+    >>> left_pad([[1, 2, 3]], max_len=2).tolist()
+    [[2, 3]]
+    """
+    seqs = [list(s)[-max_len:] if max_len else list(s) for s in sessions]
+    width = max((len(s) for s in seqs), default=0)
+    width = max(width, 1)
+    out = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            out[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+    return out

@@ -1,0 +1,202 @@
+"""GRU4Rec: a GRU over the clicks of a session, scoring items with an output item matrix.
+
+Hidasi et al., "Session-based Recommendations with Recurrent Neural Networks", ICLR 2016;
+Hidasi & Karatzoglou, "Recurrent Neural Networks with Top-k Gains for Session-based
+Recommendations", CIKM 2018; the official GRU4Rec implementation's README / paramfiles
+(Hidasi & Czapp, "The Effect of Third Party Implementations on Reproducibility", RecSys 2023).
+
+Choices, each from those sources:
+
+* ``embedding = 0``: *constrained embedding* (the official default since v2.x): the output
+  item matrix ``W_y`` is also the input embedding, so the input size is ``layers[-1]``.
+  ``embedding > 0``: a separate learned input embedding of that size. (The official third
+  option, one-hot input into the first GRU layer, is not implemented.)
+* A stack of GRU layers (``layers``), dropout on the input embedding (``dropout_p_embed``) and
+  on every GRU output (``dropout_p_hidden``); as in the official code the dropped-out output
+  is also the state carried to the next step during training.
+* The score of item ``i`` is ``h · W_y[i] + b_y[i]`` (output bias as in the official code).
+  Training only scores the mini-batch columns (targets + sampled negatives, see
+  :meth:`GRU4Rec.train_scores`); the final activation / loss live in ``training``.
+* Weights: per-gate Glorot-uniform ``±sqrt(6 / (fan_in + fan_out))`` and zero biases, as the
+  official ``init_parameter_matrix``.
+
+This file depends on torch and the config base only; training lives in
+``shoprec.training.regimes``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from shoprec.config import StrictModel
+
+__all__ = ["GRU4Rec", "GRU4RecConfig"]
+
+
+class GRU4RecConfig(StrictModel):
+    """Model knobs; defaults are the official Diginetica paramfile (bpr-max, shared embedding).
+
+    ``n_items = 0`` means "not set yet": fill it from the dataset before building the model.
+    """
+
+    name: Literal["gru4rec"] = "gru4rec"
+    n_items: int = Field(default=0, ge=0)
+    layers: list[int] = Field(default_factory=lambda: [512], min_length=1)
+    embedding: int = Field(default=0, ge=0)  # 0 = constrained (input = output item weights)
+    dropout_p_embed: float = Field(default=0.5, ge=0.0, lt=1.0)
+    dropout_p_hidden: float = Field(default=0.3, ge=0.0, lt=1.0)
+
+
+def _glorot_uniform_(tensor: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        tensor.uniform_(-bound, bound)
+
+
+class GRU4Rec(nn.Module):
+    """The GRU4Rec network; implements :class:`shoprec.models.base.NextItemModel`."""
+
+    name = "gru4rec"
+
+    def __init__(self, config: GRU4RecConfig) -> None:
+        super().__init__()
+        if config.n_items < 1:
+            raise ValueError("GRU4RecConfig.n_items must be set (>= 1) before building a model")
+        self.config = config
+        self.n_items = config.n_items
+        rows = config.n_items + 1  # row 0 = padding, never trained
+        d_out = config.layers[-1]
+        self.constrained = config.embedding == 0
+        d_in = d_out if self.constrained else config.embedding
+        self.item_weight = nn.Parameter(torch.empty(rows, d_out))  # W_y (N+1, H)
+        self.item_bias = nn.Parameter(torch.zeros(rows, 1))  # b_y (N+1, 1)
+        self.input_embedding: nn.Parameter | None = None
+        if not self.constrained:
+            self.input_embedding = nn.Parameter(torch.empty(rows, d_in))  # (N+1, E)
+        sizes = [d_in, *config.layers]
+        self.cells = nn.ModuleList(
+            nn.GRUCell(sizes[i], sizes[i + 1]) for i in range(len(config.layers))
+        )
+        # Set by the training regime: sparse gradients for the item matrices (Adagrad on rows).
+        self.sparse_grad = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _glorot_uniform_(self.item_weight, self.item_weight.shape[0], self.item_weight.shape[1])
+        nn.init.zeros_(self.item_bias)
+        if self.input_embedding is not None:
+            _glorot_uniform_(
+                self.input_embedding, self.input_embedding.shape[0], self.input_embedding.shape[1]
+            )
+        for cell in self.cells:
+            assert isinstance(cell, nn.GRUCell)
+            h, d = cell.hidden_size, cell.input_size
+            for g in range(3):  # reset, update, new gates: Glorot per gate block
+                _glorot_uniform_(cell.weight_ih[g * h : (g + 1) * h], d, h)
+                _glorot_uniform_(cell.weight_hh[g * h : (g + 1) * h], h, h)
+            nn.init.zeros_(cell.bias_ih)
+            nn.init.zeros_(cell.bias_hh)
+
+    # --- state -------------------------------------------------------------------------------
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return list(self.config.layers)
+
+    def init_hidden(
+        self, batch_size: int, device: torch.device | None = None
+    ) -> list[torch.Tensor]:
+        """Zero state, one ``(B, H_l)`` tensor per layer."""
+        dev = device if device is not None else self.item_weight.device
+        return [torch.zeros(batch_size, h, device=dev) for h in self.config.layers]
+
+    def _layers(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run one step of the GRU stack on embedded input ``x (B, E)``; dropout when training."""
+        out: list[torch.Tensor] = []
+        for layer, cell in enumerate(self.cells):
+            x = cell(x, hidden[layer])  # (B, H_l)
+            x = F.dropout(x, self.config.dropout_p_hidden, self.training)
+            out.append(x)
+        return out
+
+    def step(self, inputs: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One click per row: ``inputs (B,)`` item_idx, ``hidden`` per layer ``(B, H_l)``."""
+        table = self.item_weight if self.input_embedding is None else self.input_embedding
+        e = F.embedding(inputs, table)  # (B, E)
+        e = F.dropout(e, self.config.dropout_p_embed, self.training)
+        return self._layers(e, hidden)
+
+    # --- training ----------------------------------------------------------------------------
+    def train_scores(
+        self, inputs: torch.Tensor, hidden: list[torch.Tensor], columns: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Scores of the mini-batch ``columns (C,)`` after one step; returns (scores, new state).
+
+        ``inputs (B,)``; the item rows are looked up once for inputs and columns together when
+        the embedding is constrained (as the official code); with ``sparse_grad`` the item
+        matrices get sparse gradients (only the touched rows).
+        """
+        b = inputs.shape[0]
+        if self.input_embedding is None:
+            rows = F.embedding(
+                torch.cat([inputs, columns]), self.item_weight, sparse=self.sparse_grad
+            )  # (B + C, H)
+            e, out_w = rows[:b], rows[b:]  # (B, H), (C, H)
+        else:
+            e = F.embedding(inputs, self.input_embedding, sparse=self.sparse_grad)  # (B, E)
+            out_w = F.embedding(columns, self.item_weight, sparse=self.sparse_grad)  # (C, H)
+        out_b = F.embedding(columns, self.item_bias, sparse=self.sparse_grad).squeeze(1)  # (C,)
+        e = F.dropout(e, self.config.dropout_p_embed, self.training)
+        new_hidden = self._layers(e, hidden)
+        scores = torch.addmm(out_b, new_hidden[-1], out_w.T)  # (B, C)
+        return scores, new_hidden
+
+    # --- NextItemModel -----------------------------------------------------------------------
+    def score_hidden(self, top: torch.Tensor) -> torch.Tensor:
+        """Full-catalogue scores ``(B, N+1)`` from the top layer's state ``(B, H)``."""
+        scores = torch.addmm(self.item_bias.T, top, self.item_weight.T)  # (B, N+1)
+        scores[:, 0] = float("-inf")
+        return scores
+
+    @torch.no_grad()
+    def score(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """Run the GRU from a zero state over each LEFT-padded prefix ``(B, T)``; ``(B, N+1)``.
+
+        A padding position (item 0) leaves the state unchanged, so padding never changes the
+        scores. No dropout and no autocast: scores are computed in full precision (ties matter
+        for pessimistic ranking), whatever the module's mode or an enclosing autocast.
+        """
+        was_training = self.training
+        device = self.item_weight.device
+        self.eval()
+        try:
+            with torch.autocast(device_type=device.type, enabled=False):
+                prefixes = prefixes.to(device)
+                hidden = self.init_hidden(prefixes.shape[0])
+                present = prefixes != 0  # (B, T)
+                active = present.any(dim=0)  # (T,) columns with at least one real item
+                for t in range(prefixes.shape[1]):
+                    if not bool(active[t]):
+                        continue
+                    new = self.step(prefixes[:, t], hidden)
+                    keep = present[:, t].unsqueeze(1)  # (B, 1)
+                    hidden = [torch.where(keep, n, h) for n, h in zip(new, hidden, strict=True)]
+                return self.score_hidden(hidden[-1])
+        finally:
+            self.train(was_training)
+
+    def to_bundle(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        tensors = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        return self.config.model_dump(), tensors
+
+    @classmethod
+    def from_bundle(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> GRU4Rec:
+        model = cls(GRU4RecConfig.model_validate(config))
+        model.load_state_dict(tensors)
+        model.eval()
+        return model
