@@ -1,0 +1,119 @@
+"""Real MLflow (embedded sqlite), no mocks: runs, params, metrics, tags, artifacts, registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from shoprec.tracking import RunTracker, mlflow_key, promote, register
+from shoprec.training.config import ExperimentConfig
+from shoprec.training.fit import fit
+
+
+def _uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _train(data: Path, out: Path, uri: str, name: str, **model: object) -> str:
+    config = ExperimentConfig.model_validate(
+        {
+            "name": name,
+            "data": {"path": str(data)},
+            "output_dir": str(out),
+            "model": {"name": "vsknn", "k": 20, "sample_size": 100, **model},
+        }
+    )
+    with RunTracker("tiny", name, tracking_uri=uri, tags={"task": "next-item"}) as tracker:
+        fit(config, tracker=tracker)
+    return tracker.run_id
+
+
+def test_train_run_is_fully_tracked(tiny_dataset: Path, tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    run_id = _train(tiny_dataset, tmp_path / "runs", uri, "tracked")
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    assert [r.info.run_id for r in runs] == [run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "vsknn"
+    assert run.data.params["model.k"] == "20"
+    assert run.data.params["seed"] == "42"
+    assert "data.rows_read" in run.data.params
+    assert 0.0 <= run.data.metrics[mlflow_key("test/hr@20")] <= 1.0
+    assert run.data.tags["model"] == "vsknn"
+    assert run.data.tags["dataset"] == "synthetic"
+    assert len(run.data.tags["dataset.fingerprint"]) == 16
+    assert len(run.data.tags["protocol.fingerprint"]) == 16
+    assert run.data.tags["git_commit"]
+    assert run.data.tags["version.torch"].startswith("2.")
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
+    assert {"bundle", "config.yaml", "dataset", "metrics.json", "plots"} <= artifacts
+    plots = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "plots")}
+    assert {"plots/hr_at_k.png", "plots/coverage.png"} <= plots
+    bundle = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "bundle")}
+    assert {"bundle/bundle.json", "bundle/weights.pt", "bundle/items.parquet"} <= bundle
+
+
+def test_failed_run_is_marked_failed_and_cannot_be_registered(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    with pytest.raises(RuntimeError), RunTracker("tiny", "broken", tracking_uri=uri) as tracker:
+        raise RuntimeError("boom")
+    assert MlflowClient(uri).get_run(tracker.run_id).info.status == "FAILED"
+    with pytest.raises(Exception, match="only FINISHED runs"):
+        register(tracker.run_id, "next-item", tracking_uri=uri)
+
+
+def test_champion_promotion_rules(tiny_dataset: Path, tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    good = _train(tiny_dataset, tmp_path / "runs", uri, "good", k=50, sample_size=200)
+    bad = _train(tiny_dataset, tmp_path / "runs", uri, "bad", k=1, sample_size=5)
+    client = MlflowClient(uri)
+    key = mlflow_key("test/mrr@20")
+    assert client.get_run(good).data.metrics[key] > client.get_run(bad).data.metrics[key]
+
+    v_good = register(good, "next-item", tracking_uri=uri)
+    first = promote("next-item", v_good, tracking_uri=uri)
+    assert first.promoted
+    assert str(client.get_model_version_by_alias("next-item", "champion").version) == v_good
+
+    v_bad = register(bad, "next-item", tracking_uri=uri)
+    refused = promote("next-item", v_bad, tracking_uri=uri)
+    assert not refused.promoted
+    assert "not better" in refused.message
+    assert str(client.get_model_version_by_alias("next-item", "champion").version) == v_good
+
+    forced = promote("next-item", v_bad, force=True, tracking_uri=uri)
+    assert forced.promoted
+    assert str(client.get_model_version_by_alias("next-item", "champion").version) == v_bad
+
+    # the alias resolves to the bundle artifacts of the promoted run
+    mlflow.set_tracking_uri(uri)
+    path = mlflow.artifacts.download_artifacts(
+        "models:/next-item@champion", dst_path=str(tmp_path / "dl")
+    )
+    assert (Path(path) / "bundle.json").is_file()
+
+
+def test_challenger_on_other_data_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    uri = _uri(tmp_path)
+    champ = _train(tiny_dataset, tmp_path / "runs", uri, "champ", k=1, sample_size=5)
+    promote("next-item", register(champ, "next-item", tracking_uri=uri), tracking_uri=uri)
+    other = tmp_path / "other-data"
+    shutil.copytree(tiny_dataset, other)
+    import json
+
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["rows_accepted"] = manifest["rows_accepted"] - 1  # another dataset identity
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    challenger = _train(other, tmp_path / "runs", uri, "challenger", k=50, sample_size=200)
+    decision = promote(
+        "next-item", register(challenger, "next-item", tracking_uri=uri), tracking_uri=uri
+    )
+    assert not decision.promoted
+    assert "another dataset" in decision.message
