@@ -1,0 +1,67 @@
+"""A micro-batcher for model calls: concurrent requests share one ``score`` call.
+
+Why not BentoML's ``batchable=True``: it needs a list-typed endpoint (our endpoints take one
+pydantic body and also do store I/O) or a second service behind an extra HTTP hop. This
+batcher sits inside the one endpoint instead. With ``max_wait_s = 0`` it never delays a
+request: a lone request runs at once, and the requests that arrive while a batch is being
+scored form the next batch ("natural" batching). Batches run on one dedicated thread, so the
+event loop keeps parsing requests while torch (which releases the GIL) computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[T, R]):
+    """``await submit(x)`` returns ``fn([..., x, ...])[i]``; ``fn`` maps a list to a list."""
+
+    def __init__(
+        self, fn: Callable[[list[T]], list[R]], max_batch_size: int = 32, max_wait_s: float = 0.0
+    ) -> None:
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.batch_sizes: Counter[int] = Counter()  # how often each batch size ran
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._queue.append((item, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            if self.max_wait_s > 0 and len(self._queue) < self.max_batch_size:
+                await asyncio.sleep(self.max_wait_s)
+            batch = self._queue[: self.max_batch_size]
+            del self._queue[: len(batch)]
+            self.batch_sizes[len(batch)] += 1
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self.fn, [item for item, _ in batch]
+                )
+            except Exception as exc:  # every waiter of the failed batch gets the error
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():  # a waiter whose client went away was cancelled
+                    fut.set_result(result)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

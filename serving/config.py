@@ -1,0 +1,96 @@
+"""Serving limits and knobs: ``serving/config.yaml``, overridable from the environment.
+
+Read twice on purpose: once at import, for what BentoML fixes when the class is decorated
+(workers, timeout, concurrency, body size), and again in ``Storefront.__init__`` for the rest,
+so a test or a deployment can change limits through the environment before the service starts.
+
+Environment:
+
+* ``SHOPREC_SERVING_CONFIG`` - another YAML file instead of ``serving/config.yaml``
+* ``SHOPREC_SERVING_SET`` - space-separated ``key.sub=value`` overrides, e.g.
+  ``"limits.k_max=50 batching.enabled=false"``
+* ``SHOPREC_NEXT_ITEM_BUNDLE``, ``SHOPREC_CHURN_BUNDLE``, ``SHOPREC_STORE_URL``,
+  ``SHOPREC_STATE_DIR``, ``SHOPREC_API_KEY`` - paths and secrets, read by the service itself
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from shoprec.config import StrictModel, apply_overrides, read_yaml, validate_config
+from shoprec.store import StoreOptions
+
+DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
+
+
+class ServerConfig(StrictModel):
+    workers: int = Field(default=1, ge=1, le=64)
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+    max_concurrency: int = Field(default=256, ge=1)
+    torch_threads: int = Field(default=1, ge=1, le=64)
+
+
+class LimitsConfig(StrictModel):
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch_events: int = Field(default=500, ge=1)
+    max_session_items: int = Field(default=200, ge=1)
+    max_cart_items: int = Field(default=100, ge=1)
+    k_min: int = Field(default=1, ge=1)
+    k_max: int = Field(default=100, ge=1)
+    max_recently_viewed: int = Field(default=100, ge=1)
+    model_session_len: int = Field(default=50, ge=1)
+    max_future_skew_s: float = Field(default=86_400.0, ge=0)
+
+    @model_validator(mode="after")
+    def _k_range(self) -> LimitsConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
+
+
+class StoreConfig(StrictModel):
+    url: str | None = None
+    state_dir: str = ".shoprec-state"
+    recent_cap: int = Field(default=100, ge=1)
+    recent_ttl_days: float = Field(default=30.0, gt=0)
+    session_cap: int = Field(default=200, ge=1)
+    user_events_cap: int = Field(default=5000, ge=1)
+    dedup_ttl_days: float = Field(default=7.0, gt=0)
+
+    def options(self) -> StoreOptions:
+        return StoreOptions(
+            recent_cap=self.recent_cap,
+            recent_ttl=timedelta(days=self.recent_ttl_days),
+            session_cap=self.session_cap,
+            user_events_cap=self.user_events_cap,
+            dedup_ttl=timedelta(days=self.dedup_ttl_days),
+        )
+
+
+class BatchingConfig(StrictModel):
+    enabled: bool = True
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_wait_ms: float = Field(default=0.0, ge=0, le=100)
+
+
+class ServingConfig(StrictModel):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+
+
+def load_serving_config(env: Mapping[str, str] | None = None) -> ServingConfig:
+    """The YAML file named by ``SHOPREC_SERVING_CONFIG`` (else ``serving/config.yaml``) with
+    ``SHOPREC_SERVING_SET`` overrides applied; unknown keys and bad values fail loudly."""
+    env = os.environ if env is None else env
+    path = Path(env.get("SHOPREC_SERVING_CONFIG") or DEFAULT_CONFIG)
+    overrides = env.get("SHOPREC_SERVING_SET", "").split()
+    data = apply_overrides(read_yaml(path), overrides)
+    source = f"{path}" + (f" + SHOPREC_SERVING_SET={' '.join(overrides)}" if overrides else "")
+    return validate_config(ServingConfig, data, source=source)

@@ -1,0 +1,104 @@
+"""The micro-batcher: exact results, natural batches under load, errors reach every waiter."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from serving.batching import MicroBatcher
+
+
+def test_concurrent_submissions_share_batches_and_get_their_own_results() -> None:
+    release = threading.Event()
+    seen: list[list[int]] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        release.wait(5)  # hold the first batch until everyone is queued
+        seen.append(xs)
+        return [x * 10 for x in xs]
+
+    async def main() -> list[int]:
+        b = MicroBatcher(fn, max_batch_size=4)
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(9)]
+        await asyncio.sleep(0.05)
+        release.set()
+        out = await asyncio.gather(*tasks)
+        b.close()
+        return out
+
+    assert asyncio.run(main()) == [i * 10 for i in range(9)]
+    # all nine were queued before the loop ran the batcher: batches of <= 4, in order
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+
+
+def test_a_lone_request_is_not_delayed() -> None:
+    async def main() -> float:
+        b = MicroBatcher(lambda xs: xs, max_batch_size=8)
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        for i in range(20):
+            assert await b.submit(i) == i
+        b.close()
+        return (loop.time() - t) / 20
+
+    assert asyncio.run(main()) < 0.01
+
+
+def test_max_wait_collects_a_batch() -> None:
+    seen: list[int] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        seen.append(len(xs))
+        return xs
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch_size=8, max_wait_s=0.05)
+        first = asyncio.create_task(b.submit(0))
+        await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(b.submit(i)) for i in range(1, 4)]
+        await asyncio.gather(first, *rest)
+        b.close()
+
+    asyncio.run(main())
+    assert seen == [4]
+
+
+def test_an_error_reaches_every_request_of_the_batch_and_the_batcher_recovers() -> None:
+    def fn(xs: list[int]) -> list[int]:
+        if 3 in xs:
+            raise ValueError("boom")
+        return xs
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch_size=8, max_wait_s=0.02)
+        results = await asyncio.gather(*(b.submit(i) for i in range(5)), return_exceptions=True)
+        assert all(isinstance(r, ValueError) for r in results)
+        assert await b.submit(1) == 1
+        b.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_waiter_does_not_break_the_batch() -> None:
+    release = threading.Event()
+
+    def fn(xs: list[int]) -> list[int]:
+        release.wait(5)
+        return xs
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch_size=8)
+        first = asyncio.create_task(b.submit(0))
+        await asyncio.sleep(0.01)
+        gone = asyncio.create_task(b.submit(1))
+        kept = asyncio.create_task(b.submit(2))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        release.set()
+        assert await first == 0 and await kept == 2
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        b.close()
+
+    asyncio.run(main())

@@ -1,0 +1,316 @@
+"""The recommender over a bundle: id mapping, fallbacks, exclusions, reasons, cart add-ons,
+batching, item neighbours and the churn adapter.
+
+The model is the test TransitionModel (tests/serving/fakes.py): item j scores the number of
+times it followed the session's last item in training, -inf when never.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoprec.export import Bundle, load_bundle
+from shoprec.inference import (
+    CART_REASON,
+    GENERIC_REASON,
+    POPULAR_REASON,
+    ChurnScorer,
+    ChurnUnavailable,
+    Recommender,
+    build_cart_neighbours,
+    build_item_neighbours,
+)
+from tests.serving import fakes
+
+# Train counts: b 4, a 3, c 2, f 2, d 1, e 1, g 1 -> popularity order b a c f d e g.
+POPULAR = ["b", "a", "c", "f", "d", "e", "g"]
+
+
+def bundle(
+    *, aux: bool = True, cart: bool = True, extra: dict[str, torch.Tensor] | None = None
+) -> Bundle:
+    n = len(fakes.ITEM_IDS)
+    sessions = [np.array(s) for s in fakes.SESSIONS]
+    counts = np.bincount(np.concatenate(sessions), minlength=n + 1)[1:].tolist()
+    tensors: dict[str, torch.Tensor] = {}
+    if aux:
+        tensors.update(build_item_neighbours(sessions, n, top_n=4))
+    if cart:
+        tensors.update(build_cart_neighbours([np.array(b) for b in fakes.BASKETS], n, top_n=4))
+    tensors.update(extra or {})
+    return Bundle(
+        model=fakes.TransitionModel.fit(sessions, n),
+        items=fakes.items_table(fakes.ITEM_IDS, counts),
+        meta={},
+        path=Path("."),
+        aux=tensors,
+    )
+
+
+@pytest.fixture(scope="module")
+def rec() -> Recommender:
+    return Recommender(bundle())
+
+
+def ids(recs: list) -> list[str]:
+    return [r.item_id for r in recs]
+
+
+# --- ids and fallbacks ---
+def test_ids_map_both_ways_and_unknown_ids_are_dropped(rec: Recommender) -> None:
+    assert rec.to_idx(["a", "zz", "g"]) == [1, 7]
+    assert rec.unknown(["a", "zz", "yy", "zz"]) == ["zz", "yy"]
+    assert rec.item_ids[1:] == fakes.ITEM_IDS
+
+
+def test_model_items_come_first_then_popularity_tops_up(rec: Recommender) -> None:
+    got = rec.next_items(["a"], k=4, exclude={"a"})
+    assert ids(got) == ["b", "c", "f", "d"]
+    assert got[0].score == 3.0 and not got[0].fallback
+    assert got[0].reason == "because you viewed a"
+    assert all(r.fallback and r.reason == POPULAR_REASON for r in got[1:])
+
+
+@pytest.mark.parametrize("session", [[], ["unknown"], ["x", "y", "z"]])
+def test_new_visitors_and_unknown_sessions_get_popular_items(
+    rec: Recommender, session: list[str]
+) -> None:
+    got = rec.next_items(session, k=3)
+    assert ids(got) == POPULAR[:3]
+    assert all(r.fallback and r.reason == POPULAR_REASON for r in got)
+    assert [r.score for r in got] == [4.0, 3.0, 2.0]
+
+
+def test_unknown_items_are_ignored_not_fatal(rec: Recommender) -> None:
+    assert rec.next_items(["zz", "a", "yy"], k=2) == rec.next_items(["a"], k=2)
+
+
+def test_the_newest_item_drives_the_model(rec: Recommender) -> None:
+    assert ids(rec.next_items(["a", "b"], k=2)) == ["c", "d"]  # b -> c (2), b -> d (1)
+
+
+def test_k_larger_than_the_catalogue_returns_everything_once(rec: Recommender) -> None:
+    got = rec.next_items(["a"], k=50, exclude={"g"})
+    assert sorted(ids(got)) == sorted(set(fakes.ITEM_IDS) - {"g"})
+    assert rec.next_items(["a"], k=0) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sessions=st.lists(
+        st.lists(st.sampled_from([*fakes.ITEM_IDS, "new1", "new2"]), max_size=6),
+        min_size=1,
+        max_size=5,
+    ),
+    k=st.integers(1, 9),
+    data=st.data(),
+)
+def test_batch_equals_one_by_one_and_never_returns_excluded(
+    rec: Recommender, sessions: list[list[str]], k: int, data: st.DataObject
+) -> None:
+    excludes = [
+        data.draw(st.sets(st.sampled_from([*fakes.ITEM_IDS, "new1"]), max_size=4)) for _ in sessions
+    ]
+    batch = rec.next_items_batch(sessions, k, excludes)
+    for s, e, got in zip(sessions, excludes, batch, strict=True):
+        assert got == rec.next_items(s, k, e)
+        assert not set(ids(got)) & e
+        assert len(ids(got)) == len(set(ids(got))) == min(k, len(set(fakes.ITEM_IDS) - e))
+
+
+# --- reasons ---
+def hand_neighbours(rows: dict[int, list[tuple[int, float]]]) -> dict[str, torch.Tensor]:
+    n = len(fakes.ITEM_IDS)
+    idx = torch.zeros((n + 1, 2), dtype=torch.long)
+    w = torch.zeros((n + 1, 2))
+    for i, pairs in rows.items():
+        for j, (nb, weight) in enumerate(pairs):
+            idx[i, j], w[i, j] = nb, weight
+    return {"neighbour_idx": idx, "neighbour_weight": w}
+
+
+def test_reason_names_the_most_related_session_item_not_the_newest() -> None:
+    # b (2) is recommended after a (1); d (4) is more related to b than a is.
+    nb = hand_neighbours({4: [(2, 0.9)], 1: [(2, 0.1)]})
+    r = Recommender(bundle(aux=False, extra=nb))
+    assert r.next_items(["d", "a"], k=1)[0].reason == "because you viewed d"
+    # equal weights: the most recent session item wins
+    nb = hand_neighbours({4: [(2, 0.5)], 1: [(2, 0.5)]})
+    r = Recommender(bundle(aux=False, extra=nb))
+    assert r.next_items(["d", "a"], k=1)[0].reason == "because you viewed a"
+    # relation read in either direction: b lists c
+    nb = hand_neighbours({2: [(3, 0.7)]})
+    r = Recommender(bundle(aux=False, extra=nb))
+    assert r.next_items(["c", "a"], k=1)[0].reason == "because you viewed c"
+
+
+def test_without_neighbours_reasons_are_generic() -> None:
+    r = Recommender(bundle(aux=False))
+    assert r.neighbours is None
+    assert r.next_items(["a"], k=1)[0].reason == GENERIC_REASON
+
+
+def test_neighbours_of_another_item_index_are_ignored() -> None:
+    wrong = {
+        "neighbour_idx": torch.zeros((3, 2), dtype=torch.long),
+        "neighbour_weight": torch.zeros((3, 2)),
+    }
+    r = Recommender(bundle(aux=False, extra=wrong))
+    assert r.neighbours is None
+    assert r.next_items(["a"], k=1)[0].reason == GENERIC_REASON
+
+
+# --- cart add-ons ---
+def test_cart_addons_use_baskets_then_the_model_then_popularity(rec: Recommender) -> None:
+    got = rec.cart_addons(["a"], k=4)
+    assert ids(got) == ["d", "b", "c", "f"]
+    assert got[0].reason == "often bought with a"  # a and d were bought together
+    assert got[1].reason == "goes with a"  # the model's a -> b, explained by co-views
+    assert [r.fallback for r in got] == [False, False, True, True]
+
+
+def test_cart_addons_without_basket_data_fall_back_to_the_model() -> None:
+    r = Recommender(bundle(cart=False))
+    got = r.cart_addons(["a"], k=2)
+    assert ids(got) == ["b", "c"]
+    assert got[0].reason == "goes with a"
+    r = Recommender(bundle(cart=False, aux=False))
+    assert r.cart_addons(["a"], k=1)[0].reason == CART_REASON
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cart=st.lists(st.sampled_from([*fakes.ITEM_IDS, "new"]), min_size=1, max_size=5),
+    k=st.integers(1, 8),
+)
+def test_cart_addons_never_return_cart_items(rec: Recommender, cart: list[str], k: int) -> None:
+    got = ids(rec.cart_addons(cart, k))
+    assert not set(got) & set(cart)
+    assert len(got) == len(set(got)) == min(k, len(set(fakes.ITEM_IDS) - set(cart)))
+
+
+def test_a_cart_of_unknown_items_gets_popular_items(rec: Recommender) -> None:
+    assert ids(rec.cart_addons(["new"], 2)) == ["b", "a"]
+
+
+# --- item neighbours ---
+def brute_force_neighbours(
+    sessions: list[list[int]], n: int, window: int
+) -> dict[tuple[int, int], float]:
+    pairs: dict[tuple[int, int], set[int]] = {}
+    support: dict[int, set[int]] = {}
+    for sid, s in enumerate(sessions):
+        for i, a in enumerate(s):
+            support.setdefault(a, set()).add(sid)
+            for b in s[i + 1 : i + 1 + window]:
+                if a != b:
+                    pairs.setdefault((a, b), set()).add(sid)
+                    pairs.setdefault((b, a), set()).add(sid)
+    return {
+        (a, b): len(ss) / np.sqrt(len(support[a]) * len(support[b])) for (a, b), ss in pairs.items()
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sessions=st.lists(st.lists(st.integers(1, 6), max_size=8), max_size=8),
+    window=st.integers(1, 4),
+)
+def test_vectorised_neighbours_match_a_brute_force_count(
+    sessions: list[list[int]], window: int
+) -> None:
+    n = 6
+    got = build_item_neighbours(
+        [np.array(s, dtype=np.int64) for s in sessions], n, top_n=n, window=window
+    )
+    want = brute_force_neighbours(sessions, n, window)
+    idx, w = got["neighbour_idx"], got["neighbour_weight"]
+    assert idx.shape == w.shape == (n + 1, n)
+    assert idx.dtype == torch.long and w.dtype == torch.float32
+    found = {
+        (a, int(idx[a, j])): float(w[a, j]) for a in range(n + 1) for j in range(n) if idx[a, j] > 0
+    }
+    assert found.keys() == want.keys()
+    for key, value in want.items():
+        assert found[key] == pytest.approx(value, rel=1e-6)
+    assert torch.all(w[:, :-1] >= w[:, 1:])  # heaviest first
+
+
+def test_neighbours_keep_top_n_and_ignore_out_of_range_items() -> None:
+    got = build_item_neighbours([np.array([1, 2, 3, 4, 99, 0])], n_items=4, top_n=2, window=5)
+    assert got["neighbour_idx"].shape == (5, 2)
+    assert got["neighbour_idx"][1].tolist() == [2, 3]  # equal weights: lower index first
+    empty = build_item_neighbours([], n_items=3)
+    assert empty["neighbour_idx"].abs().sum() == 0
+
+
+def test_window_limits_which_items_count_as_neighbours() -> None:
+    got = build_item_neighbours([np.array([1, 2, 3])], n_items=3, top_n=2, window=1)
+    assert got["neighbour_idx"][1].tolist() == [2, 0]
+
+
+# --- bundles on disk ---
+def test_a_saved_bundle_recommends_the_same(
+    tmp_path: Path, rec: Recommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes.register(monkeypatch)
+    loaded = Recommender(load_bundle(fakes.make_bundle(tmp_path / "b")))
+    for session in (["a"], ["b", "e"], []):
+        assert loaded.next_items(session, 5) == rec.next_items(session, 5)
+    assert loaded.cart_addons(["a"], 3) == rec.cart_addons(["a"], 3)
+
+
+# --- churn adapter ---
+def test_churn_scorer_needs_a_bundle_folder(tmp_path: Path) -> None:
+    with pytest.raises(ChurnUnavailable, match="not a folder"):
+        ChurnScorer(tmp_path / "missing")
+
+
+def test_churn_scorer_reports_a_missing_churn_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "shoprec.churn", None)  # import now raises ImportError
+    with pytest.raises(ChurnUnavailable, match="churn package"):
+        ChurnScorer(tmp_path)
+
+
+def test_churn_scorer_adapts_the_churn_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[object, int, datetime]] = []
+
+    def score_customers(bundle: object, events: pl.DataFrame, at: datetime) -> pl.DataFrame:
+        calls.append((bundle, events.height, at))
+        return pl.DataFrame(
+            {
+                "user_id": ["u1"],
+                "probability": [0.8],
+                "segment": ["at_risk"],
+                "driver_1": ["recency_days"],
+                "contribution_1": [1.2],
+                "driver_2": ["n_sessions"],
+                "contribution_2": [float("nan")],
+            }
+        )
+
+    fake = types.ModuleType("shoprec.churn")
+    fake.score_customers = score_customers  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "shoprec.churn", fake)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    (risk,) = ChurnScorer(tmp_path).score(pl.DataFrame({"user_id": ["u1"]}), at)
+    assert calls == [(tmp_path, 1, at)]  # no ChurnBundle.load: the folder is passed through
+    assert (risk.user_id, risk.probability, risk.segment) == ("u1", 0.8, "at_risk")
+    assert [(d.feature, d.contribution) for d in risk.drivers] == [
+        ("recency_days", 1.2),
+        ("n_sessions", None),
+    ]
