@@ -1,0 +1,364 @@
+"""Bounded load test of the storefront service on 127.0.0.1: latency and throughput.
+
+What it does, all on this machine and nothing else:
+
+1. builds a Diginetica-sized bundle: a GRU4Rec over 43,097 items (random weights: serving cost
+   does not depend on what the weights learned), Zipf train counts, item and cart neighbours
+   from synthetic Zipf sessions (or uses ``--bundle`` when given a real one);
+2. starts ``bentoml serve serving.service:Storefront`` with a fresh sqlite store (once per
+   ``--batching`` mode), seeds it with shoppers' views;
+3. runs closed-loop load for ``--duration`` seconds per scenario, at each ``--concurrency``, on
+   ``GET /livez`` (the floor: BentoML's own cheapest route), ``POST /next_items`` and
+   ``POST /recently_viewed``, with a minimal keep-alive HTTP/1.1 client (the load generator
+   shares the 2 cores with the server, so it has to be cheap);
+4. stops by itself, kills the server, writes ``--out``.json (every number + the command).
+
+    .venv/bin/python experiments/bench_serving.py --duration 60 --out experiments/DATE-serving
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+DIGINETICA_ITEMS = 43_097  # items in the usual Diginetica train split (SR-GNN preprocessing)
+
+
+# --- the bundle --------------------------------------------------------------------------------
+def build_bundle(path: Path, n_items: int, layers: list[int], seed: int) -> Path:
+    """A GRU4Rec bundle over ``n_items`` with Zipf popularity and co-occurrence neighbours."""
+    import polars as pl
+    import torch
+
+    from shoprec import schema
+    from shoprec.export import save_bundle
+    from shoprec.inference import build_cart_neighbours, build_item_neighbours
+    from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = GRU4Rec(GRU4RecConfig(n_items=n_items, layers=layers)).eval()
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    popularity /= popularity.sum()
+    lengths = rng.geometric(0.2, size=100_000)
+    clicks = rng.choice(np.arange(1, n_items + 1), size=int(lengths.sum()), p=popularity)
+    sessions = np.split(clicks, np.cumsum(lengths)[:-1])
+    counts = np.bincount(clicks, minlength=n_items + 1)[1:]
+    aux = build_item_neighbours(sessions, n_items, top_n=50)
+    aux.update(build_cart_neighbours([s[:3] for s in sessions[::4]], n_items, top_n=50))
+    items = pl.DataFrame(
+        {
+            schema.ITEM_IDX: np.arange(1, n_items + 1, dtype=np.int32),
+            schema.ITEM_ID: [str(100_000 + i) for i in range(1, n_items + 1)],
+            schema.ITEM_COUNT: counts.astype(np.int64),
+        },
+        schema=schema.ITEMS_SCHEMA,
+    )
+    return save_bundle(path, model, items, aux=aux, extra={"note": "bench: random weights"})
+
+
+# --- the server --------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve(bundle: Path, work: Path, port: int, overrides: str) -> Any:
+    env = {
+        **os.environ,
+        "SHOPREC_NEXT_ITEM_BUNDLE": str(bundle),
+        "SHOPREC_STORE_URL": f"sqlite:///{work / f'events-{port}.sqlite'}",
+        "SHOPREC_SERVING_SET": overrides,
+        "BENTOML_HOME": str(work / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    for key in ("SHOPREC_API_KEY", "SHOPREC_CHURN_BUNDLE", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(key, None)
+    log = (work / f"server-{port}.log").open("wb")
+    bentoml = Path(sys.executable).with_name("bentoml")
+    cmd = [str(bentoml), "serve", "serving.service:Storefront", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited; see {log.name}")
+            with suppress(OSError):
+                status = asyncio.run(one_request(port, "GET", "/readyz", None))
+                if status == 200:
+                    break
+            time.sleep(0.3)
+        else:
+            raise RuntimeError(f"server not ready after 180 s; see {log.name}")
+        yield proc
+    finally:
+        tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        for p in tree:
+            with suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGTERM)
+        psutil.wait_procs(tree, timeout=20)
+        for p in tree:
+            with suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.wait(timeout=20)
+        log.close()
+
+
+# --- a minimal keep-alive HTTP/1.1 client --------------------------------------------------------
+def encode(method: str, path: str, body: Any) -> bytes:
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(payload)}\r\n"
+    if body is not None:
+        head += "Content-Type: application/json\r\n"
+    return head.encode() + b"\r\n" + payload
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
+async def one_request(port: int, method: str, path: str, body: Any) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(encode(method, path, body))
+        await writer.drain()
+        status, _ = await read_response(reader)
+        return status
+    finally:
+        writer.close()
+
+
+def summary(latencies_ns: list[int], elapsed: float) -> dict[str, Any]:
+    ms = np.array(latencies_ns, dtype=np.float64) / 1e6
+    return {
+        "requests": len(ms),
+        "throughput_rps": round(len(ms) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
+
+
+async def load(
+    port: int, requests: list[tuple[str, bytes]], concurrency: int, duration: float
+) -> dict[str, Any]:
+    """Closed loop: ``concurrency`` connections, each sends its next request when answered.
+
+    ``requests`` are (kind, bytes); latencies are summarised per kind, so a pool that alternates
+    the floor and an endpoint measures both under the same contention (``--paired``).
+    """
+    latencies: dict[str, list[int]] = {kind: [] for kind, _ in requests}
+    errors: dict[str, int] = {}
+    stop_at = time.perf_counter() + duration
+
+    async def worker(offset: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # each connection walks the pool in order from its own (even) start: a paired pool
+        # then alternates floor / endpoint on every connection
+        i = 2 * (offset * len(requests) // (2 * concurrency))
+        try:
+            while time.perf_counter() < stop_at:
+                kind, request = requests[i % len(requests)]
+                t0 = time.perf_counter_ns()
+                writer.write(request)
+                try:
+                    status, _ = await read_response(reader)
+                except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    return
+                latencies[kind].append(time.perf_counter_ns() - t0)
+                if status != 200:
+                    errors[f"{kind}:{status}"] = errors.get(f"{kind}:{status}", 0) + 1
+                i += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    out: dict[str, Any] = {"errors": errors, "duration_s": round(elapsed, 2)}
+    kinds = [k for k in latencies if latencies[k]]
+    if len(kinds) == 1:
+        out.update(summary(latencies[kinds[0]], elapsed))
+    else:
+        out.update({kind: summary(latencies[kind], elapsed) for kind in kinds})
+    return out
+
+
+# --- workload ------------------------------------------------------------------------------------
+def workload(n_items: int, seed: int, n_users: int) -> dict[str, Any]:
+    """Events for ``n_users`` shoppers and request pools for each endpoint (Zipf items)."""
+    rng = random.Random(seed)
+    weights = [1.0 / (i**0.9) for i in range(1, n_items + 1)]
+    ids = [str(100_000 + i) for i in range(1, n_items + 1)]
+    events, next_items, recent = [], [], []
+    for u in range(n_users):
+        length = rng.randint(2, 20)
+        items = rng.choices(ids, weights=weights, k=length)
+        events += [
+            {
+                "event_id": f"bench-{u}-{j}",
+                "user_id": f"user-{u}",
+                "session_id": f"sess-{u}",
+                "item_id": item,
+                "event_type": "view",
+                "timestamp": 1_772_366_400 + u * 100 + j,
+            }
+            for j, item in enumerate(items)
+        ]
+        body = {"items": items[-10:], "k": 10}
+        next_items.append(("next_items", encode("POST", "/next_items", body)))
+        body = {"user_id": f"user-{u}", "limit": 10}
+        recent.append(("recently_viewed", encode("POST", "/recently_viewed", body)))
+    return {
+        "events": events,
+        "livez": [("livez", encode("GET", "/livez", None))],
+        "next_items": next_items,
+        "recently_viewed": recent,
+    }
+
+
+async def seed_store(port: int, events: list[dict[str, Any]]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for i in range(0, len(events), 500):
+        writer.write(encode("POST", "/events", {"events": events[i : i + 500]}))
+        status, body = await read_response(reader)
+        if status != 200:
+            raise RuntimeError(f"seeding failed: {status} {body[:200]!r}")
+    writer.close()
+
+
+def model_cost(bundle: Path, pools: dict[str, Any], reps: int = 30) -> dict[str, float]:
+    """In-process ms per call of Recommender.next_items_batch for 1 and 8 sessions: what the
+    model costs without HTTP, on the same machine and in the same minute as the load test."""
+    import torch
+
+    from shoprec.export import load_bundle
+    from shoprec.inference import Recommender
+
+    torch.set_num_threads(1)  # as the service (serving/config.yaml: server.torch_threads)
+    rec = Recommender(load_bundle(bundle))
+    sessions = [json.loads(r.split(b"\r\n\r\n", 1)[1])["items"] for _, r in pools["next_items"]]
+    out = {}
+    for b in (1, 8):
+        batch = sessions[:b]
+        rec.next_items_batch(batch, 10, [set(s) for s in batch])
+        t = time.perf_counter()
+        for _ in range(reps):
+            rec.next_items_batch(batch, 10, [set(s) for s in batch])
+        out[f"batch_{b}_ms"] = round((time.perf_counter() - t) / reps * 1e3, 3)
+    return out
+
+
+# --- main ----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per scenario")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--endpoints", nargs="+", default=["livez", "next_items", "recently_viewed"])
+    ap.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on"])
+    ap.add_argument("--items", type=int, default=DIGINETICA_ITEMS)
+    ap.add_argument("--layers", type=int, nargs="+", default=[100], help="GRU4Rec layers")
+    ap.add_argument("--bundle", type=Path, help="a real next-item bundle instead of building one")
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load first")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--paired",
+        action="store_true",
+        help="alternate /livez and the endpoint on every connection: both measured under the "
+        "same load (for a shared machine; the endpoint's throughput is then only half the mix)",
+    )
+    ap.add_argument("--out", type=Path, help="write OUT.json")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="shoprec-bench-") as tmp:
+        work = Path(tmp)
+        t = time.perf_counter()
+        bundle = args.bundle or build_bundle(work / "bundle", args.items, args.layers, args.seed)
+        print(f"bundle ready in {time.perf_counter() - t:.1f} s: {bundle}", flush=True)
+        meta = json.loads((bundle / "bundle.json").read_text())
+        pools = workload(int(meta["n_items"]), args.seed, args.users)
+        cost = model_cost(bundle, pools)
+        print(f"in-process model cost: {cost}", flush=True)
+        runs = []
+        for mode in args.batching:
+            port = free_port()
+            with serve(bundle, work, port, f"batching.enabled={str(mode == 'on').lower()}"):
+                asyncio.run(seed_store(port, pools["events"]))
+                for endpoint in args.endpoints:
+                    pool = pools[endpoint]
+                    if args.paired and endpoint != "livez":
+                        floor = pools["livez"][0]
+                        pool = [r for request in pool for r in (floor, request)]
+                    for conc in args.concurrency:
+                        if args.warmup:
+                            asyncio.run(load(port, pool, conc, args.warmup))
+                        load_before = os.getloadavg()[0]
+                        stats = asyncio.run(load(port, pool, conc, args.duration))
+                        stats.update(
+                            endpoint=endpoint,
+                            concurrency=conc,
+                            batching=mode,
+                            loadavg_1m_before=round(load_before, 2),
+                            loadavg_1m_after=round(os.getloadavg()[0], 2),
+                        )
+                        runs.append(stats)
+                        print(json.dumps(stats), flush=True)
+    result = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "bundle": {
+            "path": str(args.bundle) if args.bundle else "built",
+            "model": meta["model_name"],
+            "model_config": meta["model_config"],
+            "n_items": meta["n_items"],
+        },
+        "model_cost_in_process": cost,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "runs": runs,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
