@@ -29,6 +29,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
         test_input=args.test_input,
         strict=args.strict,
         config_path=Path(args.config),
+        streaming=args.streaming,
     )
     print_stats(Path(args.output))
     return 0
@@ -75,9 +76,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         return train_command(args)
     from shoprec.training.config import load_experiment
+    from shoprec.training.ddp import launched_as_rank_zero
     from shoprec.training.fit import fit
 
     config = load_experiment(args.config, args.set)
+    if not launched_as_rank_zero():  # a DDP worker started by Lightning: rank 0 reports
+        fit(config)
+        return 0
     if args.no_track:
         result = fit(config)
     else:
@@ -208,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="any bad row is an error (exit 2, naming file, line, column, value)",
+    )
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="for exports larger than memory: the same dataset, in bounded memory, slower",
     )
     p.add_argument(
         "--set",

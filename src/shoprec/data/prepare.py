@@ -34,6 +34,7 @@ unscorable miss, counted), and prefix items unseen in train are removed from ``p
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,9 +51,21 @@ from shoprec.data.readers import (
     read_benchmark_train,
     read_events,
 )
-from shoprec.data.sessions import apply_filters, sessionize
-from shoprec.data.split import apply_item_index, build_cases, fit_item_index, time_split
-from shoprec.data.validate import ValidationResult, validate, validate_cases
+from shoprec.data.sessions import (
+    RANK,
+    apply_filters,
+    filter_sessions_and_items,
+    sessionize,
+    sessionize_partitioned,
+)
+from shoprec.data.split import (
+    apply_item_index,
+    build_cases,
+    fit_item_index,
+    split_cutoffs,
+    time_split,
+)
+from shoprec.data.validate import ValidationResult, validate, validate_cases, validate_streaming
 from shoprec.errors import DataError
 
 __all__ = ["prepare"]
@@ -69,12 +82,14 @@ def prepare(
     test_input: str | None = None,
     strict: bool = False,
     config_path: Path | None = None,
+    streaming: bool = False,
 ) -> dict[str, Any]:
     """Prepare the export named by ``input_path`` (or ``config.input``) into ``output``.
 
     Returns the manifest (also written to ``output/manifest.json``, last, so a folder with a
     manifest is always complete). ``strict``: the first bad row raises a DataError naming
-    file, line, column and value instead of being quarantined.
+    file, line, column and value instead of being quarantined. ``streaming``: for logs larger
+    than memory (:func:`_prepare_events_streaming`; the same dataset, slower).
     """
     started = time.perf_counter()
     source = input_path or config.input
@@ -86,6 +101,8 @@ def prepare(
     if config.read.format == "benchmark_split":
         test_path = _benchmark_test_path(config, source, test_input)
         manifest = _prepare_benchmark(config, output, source, test_path, strict)
+    elif streaming:
+        manifest = _prepare_events_streaming(config, output, source, test_input, strict)
     else:
         manifest = _prepare_events(config, output, source, test_input, strict)
     manifest.update(
@@ -195,6 +212,145 @@ def _prepare_events(
     manifest["split"] = split_report
     manifest.update(_part_stats(out_parts, cases, items))
     return manifest
+
+
+_SPILL: Final = ".prepare-spill"
+_BUCKET_ROWS: Final = 1_000_000  # events per in-memory sort bucket of the streaming path
+
+
+def _prepare_events_streaming(
+    config: DataConfig, output: Path, source: str, test_input: str | None, strict: bool
+) -> dict[str, Any]:
+    """``_prepare_events`` for a log larger than memory: the same dataset and manifest.
+
+    Wide rows are never all in memory: they stream from the export to parquet files in
+    ``output/.prepare-spill`` (removed at the end) and from there to the outputs. In memory
+    there are only one bucket of whole sessions at a time (~1M events, see
+    :func:`~shoprec.data.sessions.sessionize_partitioned`), one 64-bit hash per event while
+    de-duplicating, two 4-byte codes per event while filtering, one row per session while
+    numbering sessions, and one evaluation part's (item, session) columns for its cases.
+    Time splits only (``split.kind`` ``last_days``, ``cutoff`` or ``none``).
+    """
+    if config.split.kind == "given" or test_input:
+        raise DataError("streaming prepare supports time splits only, not split.kind 'given'")
+    spill = output / _SPILL
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir(parents=True)
+    raw = read_events(config, source)
+    accepted_path = spill / "accepted.parquet"
+    checked = validate_streaming(raw, config, accepted_path, strict)
+    _start_output(output)
+    _write_quarantine(output, [checked])
+    _require_rows(checked, source, output)
+    manifest = _row_counts([checked])
+    manifest["sources"] = _sources("input", raw, checked)
+    manifest["synthetic_timestamps"] = False
+    accepted = pl.scan_parquet(accepted_path)
+    manifest.update(_stats_of(accepted))
+    columns = accepted.collect_schema().names()
+
+    buckets = sessionize_partitioned(
+        accepted, config.sessions, spill / "sessions", bucket_rows=_BUCKET_ROWS
+    )
+    accepted_path.unlink()
+    keep_sessions, keep_items, filter_report = filter_sessions_and_items(buckets, config.filters)
+    manifest["filters"] = filter_report
+    manifest["accepted"]["sessions"] = filter_report["sessions"] + filter_report["removed_sessions"]
+
+    def kept(bucket: Path, only: list[str] | None = None) -> pl.DataFrame:
+        """A bucket's events that pass the filters (``only``: read just these columns)."""
+        df = pl.read_parquet(bucket, columns=only)
+        mask = keep_sessions[df.get_column(RANK).to_numpy()]
+        return df.filter(pl.Series(mask) & pl.col(schema.ITEM_ID).is_in(keep_items.implode()))
+
+    # the split's cut-offs come from the whole filtered log; each bucket holds whole sessions
+    slim = [RANK, schema.ITEM_ID, schema.TIMESTAMP]
+    ends = pl.concat([kept(b, slim).select(pl.col(schema.TIMESTAMP).max()) for b in buckets])
+    one = ends.select(pl.col(schema.TIMESTAMP).max()).drop_nulls()  # the last kept event
+    valid_cut, test_cut = split_cutoffs(one, config.split)
+    split_cfg = config.split
+    if test_cut is not None:
+        split_cfg = split_cfg.model_copy(
+            update={"kind": "cutoff", "valid_cutoff": valid_cut, "test_cutoff": test_cut}
+        )
+    elif valid_cut is not None:
+        raise DataError("streaming prepare needs a test part when it has a validation part")
+    split_report: dict[str, Any] = {}
+    part_files: dict[str, list[Path]] = {"train": [], "valid": [], "test": []}
+    for k, bucket in enumerate(buckets):
+        parts = time_split(kept(bucket).select(columns), split_cfg)
+        for key, value in parts.report.items():
+            if isinstance(value, int):
+                split_report[key] = int(split_report.get(key, 0)) + value
+            else:
+                split_report[key] = value
+        for name, frame in (("train", parts.train), ("valid", parts.valid), ("test", parts.test)):
+            if frame is not None and frame.height:
+                path = spill / f"{name}-{k:05d}.parquet"
+                frame.write_parquet(path, compression="lz4")
+                part_files[name].append(path)
+        bucket.unlink()
+    split_report["kind"] = config.split.kind
+    if config.split.kind == "none":
+        split_report["valid_cutoff"] = split_report["test_cutoff"] = ""
+
+    if not part_files["train"]:
+        raise DataError(f"{source}: no train events left after the filters and the split")
+    items = fit_item_index(pl.scan_parquet(part_files["train"]))
+    indexed_train = []
+    for k, path in enumerate(part_files["train"]):  # per bucket: a streaming join buffers all
+        out = spill / f"train-indexed-{k:05d}.parquet"
+        apply_item_index(pl.read_parquet(path), items)[0].write_parquet(out, compression="lz4")
+        indexed_train.append(out)
+    _sink(pl.scan_parquet(indexed_train), output, "train")
+    has_test = config.split.kind != "none"
+    min_len = config.split.min_test_session_length
+    manifest["unseen_dropped"] = {}
+    manifest["short_sessions_dropped"] = {}
+    cases: dict[str, pl.DataFrame] = {}  # only target_idx: the manifest counts cases
+    evals: dict[str, pl.LazyFrame] = {}
+    for name in ("valid", "test"):
+        if (name == "valid" and valid_cut is None) or (name == "test" and not has_test):
+            continue
+        unseen = short_sessions = short_events = n_cases = 0
+        indexed_files, case_files = [], []
+        for k, path in enumerate(part_files[name]):  # bucket by bucket, sessions whole
+            indexed, n_unseen = apply_item_index(pl.read_parquet(path), items)
+            kept_part, n_short, n_short_events = _drop_short_sessions(indexed, min_len)
+            unseen, short_sessions = unseen + n_unseen, short_sessions + n_short
+            short_events += n_short_events
+            indexed_files.append(spill / f"{name}-indexed-{k:05d}.parquet")
+            kept_part.write_parquet(indexed_files[-1], compression="lz4")
+            part_cases = build_cases(kept_part, min_len)
+            case_id = pl.col(schema.CASE_ID) + n_cases  # numbered across the buckets
+            case_files.append(spill / f"{name}-cases-{k:05d}.parquet")
+            part_cases.with_columns(case_id).write_parquet(case_files[-1], compression="lz4")
+            n_cases += part_cases.height
+        manifest["unseen_dropped"][name] = unseen
+        manifest["short_sessions_dropped"][name] = {
+            "sessions": short_sessions,
+            "events": short_events,
+        }
+        if indexed_files:
+            _sink(pl.scan_parquet(indexed_files), output, name)
+            _sink(pl.scan_parquet(case_files), output, f"{name}_cases")
+        else:
+            empty = pl.DataFrame(schema=pl.read_parquet_schema(output / dataset.TRAIN))
+            _write(empty, output / f"{name}.parquet")
+            _write(build_cases(empty, min_len), output / f"{name}_cases.parquet")
+        evals[name] = pl.scan_parquet(output / f"{name}.parquet")
+        cases[name] = pl.read_parquet(output / f"{name}_cases.parquet", columns=[schema.TARGET_IDX])
+    _write(items, output / dataset.ITEMS)
+    manifest["split"] = split_report
+    out_parts = {"train": pl.scan_parquet(output / dataset.TRAIN), **evals}
+    manifest.update(_part_stats(out_parts, cases, items))
+    shutil.rmtree(spill, ignore_errors=True)
+    return manifest
+
+
+def _sink(frame: pl.LazyFrame, output: Path, name: str) -> None:
+    """Stream a part to ``output/<name>.parquet`` (the compression of :func:`_write`)."""
+    frame.sink_parquet(output / f"{name}.parquet", compression="zstd", compression_level=1)
 
 
 def _drop_short_sessions(events: pl.DataFrame, min_len: int) -> tuple[pl.DataFrame, int, int]:
@@ -431,15 +587,28 @@ def _accepted_stats(results: list[ValidationResult]) -> dict[str, Any]:
     frames = [r.accepted for r in results if schema.TIMESTAMP in r.accepted.columns]
     if not frames:
         return {"accepted": {"events": 0, "items": 0, "users": 0}, "event_types": {}}
-    lf = pl.concat([f.lazy().select(list(schema.EVENT_SCHEMA)) for f in frames])
-    stats = lf.select(
-        pl.len().alias("events"),
-        pl.col(schema.ITEM_ID).n_unique().alias("items"),
-        pl.col(schema.USER_ID).drop_nulls().n_unique().alias("users"),
-        pl.col(schema.TIMESTAMP).min().alias("min"),
-        pl.col(schema.TIMESTAMP).max().alias("max"),
-    ).collect()
-    types = lf.group_by(schema.EVENT_TYPE).len().sort(schema.EVENT_TYPE).collect()
+    return _stats_of(pl.concat([f.lazy().select(list(schema.EVENT_SCHEMA)) for f in frames]))
+
+
+def _stats_of(lf: pl.LazyFrame) -> dict[str, Any]:
+    """``_accepted_stats`` of one lazy frame of accepted events, streamed in bounded memory.
+
+    Distinct values are counted as ``unique().len()``: Polars' streaming engine does not
+    stream ``n_unique()`` (it would hold the whole column).
+    """
+    stats = (
+        lf.select(
+            pl.len().alias("events"),
+            pl.col(schema.TIMESTAMP).min().alias("min"),
+            pl.col(schema.TIMESTAMP).max().alias("max"),
+        )
+        .collect(engine="streaming")
+        .with_columns(
+            pl.lit(_count_unique(lf.select(schema.ITEM_ID))).alias("items"),
+            pl.lit(_count_unique(lf.select(schema.USER_ID).drop_nulls())).alias("users"),
+        )
+    )
+    types = lf.group_by(schema.EVENT_TYPE).len().collect(engine="streaming").sort(schema.EVENT_TYPE)
     row = stats.row(0, named=True)
     return {
         "accepted": {"events": row["events"], "items": row["items"], "users": row["users"]},
@@ -448,6 +617,11 @@ def _accepted_stats(results: list[ValidationResult]) -> dict[str, Any]:
             zip(types[schema.EVENT_TYPE].to_list(), types["len"].to_list(), strict=True)
         ),
     }
+
+
+def _count_unique(lf: pl.LazyFrame) -> int:
+    """Number of distinct rows of ``lf``, streamed (memory: the distinct rows only)."""
+    return int(lf.unique().select(pl.len()).collect(engine="streaming").item())
 
 
 def _iso(value: Any) -> str | None:
@@ -479,27 +653,38 @@ def _write(frame: pl.DataFrame, path: Path) -> None:
 
 
 def _part_stats(
-    parts: dict[str, pl.DataFrame], cases: dict[str, pl.DataFrame], items: pl.DataFrame
+    parts: dict[str, pl.DataFrame] | dict[str, pl.LazyFrame],
+    cases: dict[str, pl.DataFrame],
+    items: pl.DataFrame,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     users: set[str] = set()
     total_sessions = total_events = 0
     for name, frame in parts.items():
-        n_sessions = frame.get_column(schema.SESSION_ID).n_unique()
-        entry: dict[str, Any] = {"events": frame.height, "sessions": n_sessions}
-        span = frame.select(
-            pl.col(schema.TIMESTAMP).min().alias("min"), pl.col(schema.TIMESTAMP).max().alias("max")
-        ).row(0, named=True)
+        span = (
+            frame.lazy()
+            .select(
+                pl.len().alias("events"),
+                pl.col(schema.TIMESTAMP).min().alias("min"),
+                pl.col(schema.TIMESTAMP).max().alias("max"),
+            )
+            .collect(engine="streaming")
+            .row(0, named=True)
+        )
+        n_events = int(span["events"])
+        n_sessions = _count_unique(frame.lazy().select(schema.SESSION_ID))
+        entry: dict[str, Any] = {"events": n_events, "sessions": n_sessions}
         entry["time_range"] = {"min": _iso(span["min"]), "max": _iso(span["max"])}
         if name == "train":
-            entry["prefixes"] = frame.height - n_sessions
+            entry["prefixes"] = n_events - n_sessions
             entry["items"] = items.height
         if name in cases:
             entry["cases"] = cases[name].height
         out[name] = entry
         total_sessions += n_sessions
-        total_events += frame.height
-        users.update(frame.get_column(schema.USER_ID).drop_nulls().unique().to_list())
+        total_events += n_events
+        user_ids = frame.lazy().select(pl.col(schema.USER_ID).drop_nulls().unique())
+        users.update(user_ids.collect(engine="streaming").get_column(schema.USER_ID).to_list())
     out["events"] = total_events
     out["sessions"] = total_sessions
     out["items"] = items.height

@@ -28,6 +28,8 @@ Order
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -36,13 +38,23 @@ import polars as pl
 from shoprec import schema
 from shoprec.data.config import FilterConfig, SessionConfig
 
-__all__ = ["apply_filters", "remove_consecutive_repeats", "session_codes", "sessionize"]
+__all__ = [
+    "RANK",
+    "apply_filters",
+    "filter_sessions_and_items",
+    "remove_consecutive_repeats",
+    "session_codes",
+    "sessionize",
+    "sessionize_partitioned",
+]
 
 # Helper column names: prefixed so that they never clash with a source column.
 _ROW: Final = "__shoprec_row"
 _KEY: Final = "__shoprec_key"
 _TAG: Final = "__shoprec_tag"
 _START: Final = "__shoprec_start"
+RANK: Final = "__shoprec_session_rank"  # a session's position in sessionize's order (0, 1, ...)
+_BUCKET: Final = "__shoprec_bucket"
 
 
 def sessionize(events: pl.LazyFrame, cfg: SessionConfig) -> pl.LazyFrame:
@@ -244,3 +256,171 @@ def apply_filters(events: pl.LazyFrame, cfg: FilterConfig) -> tuple[pl.DataFrame
         "removed_items": n_items0 - n_items,
     }
     return df, report
+
+
+# --- larger than memory ------------------------------------------------------------------------
+
+
+def sessionize_partitioned(
+    events: pl.LazyFrame, cfg: SessionConfig, folder: Path, bucket_rows: int = 1_000_000
+) -> list[Path]:
+    """:func:`sessionize` for event logs larger than memory: parquet files in ``folder``
+    whose concatenation, in order, is ``sessionize``'s output, plus a :data:`RANK` column.
+
+    An external sort in two passes: the sessions (id -> start; one row per session, not per
+    event) are sorted in memory and numbered; the events are read in slices of
+    ``bucket_rows``, each slice joined to the session numbers in memory and spread into
+    buckets of whole sessions (about ``bucket_rows`` events each), and each bucket is sorted
+    in memory by (session number, time, input order), as ``sessionize`` sorts the whole log.
+    (A streaming join of the events with the sessions would hold far more: Polars' streaming
+    join buffers the event side.) Deriving session ids, for events without one, holds one
+    slim row per such event in memory.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lf = events.with_row_index(_ROW)
+    columns = events.collect_schema().names()
+    needs = pl.col(schema.SESSION_ID).is_null() if cfg.use_given else pl.lit(True)
+    derived: pl.DataFrame | None = None
+    if lf.select(needs.any()).collect(engine="streaming").item():
+        uid, sid = pl.col(schema.USER_ID), pl.col(schema.SESSION_ID)
+        todo = lf.filter(needs).select(
+            _ROW,
+            (uid if cfg.use_given else pl.coalesce(uid, sid)).alias(_KEY),
+            (
+                pl.lit("")
+                if cfg.use_given
+                else pl.when(uid.is_null()).then(pl.lit("s")).otherwise(pl.lit(""))
+            ).alias(_TAG),
+            schema.TIMESTAMP,
+        )
+        derived = (
+            _derive_ids(todo, cfg.gap_minutes)
+            .select(_ROW, pl.col(schema.SESSION_ID).alias("__shoprec_derived"))
+            .collect()
+            .sort(_ROW)
+        )
+
+    def with_ids(frame: pl.DataFrame) -> pl.DataFrame:
+        if derived is None:
+            return frame
+        lo, hi = frame.get_column(_ROW).min(), frame.get_column(_ROW).max()
+        mine = derived.filter(pl.col(_ROW).is_between(lo, hi))
+        return frame.join(mine, on=_ROW, how="left", maintain_order="left").select(
+            pl.exclude("__shoprec_derived", schema.SESSION_ID),
+            pl.coalesce("__shoprec_derived", schema.SESSION_ID).alias(schema.SESSION_ID),
+        )
+
+    n_rows = lf.select(pl.len()).collect(engine="streaming").item()
+    starts: list[pl.DataFrame] = []
+    for offset in range(0, n_rows, bucket_rows):
+        piece = with_ids(lf.slice(offset, bucket_rows).collect())
+        starts.append(
+            piece.group_by(schema.SESSION_ID).agg(pl.col(schema.TIMESTAMP).min().alias(_START))
+        )
+    n_buckets = max(1, math.ceil(n_rows / bucket_rows))
+    # a session seen in several slices: its earliest start. Grouped in hash parts, because
+    # one group-by over millions of string keys takes several times their size in memory
+    pieces = pl.concat(starts)
+    del starts
+    part = pl.col(schema.SESSION_ID).hash(seed=0) % n_buckets
+    sessions = pl.concat(
+        [
+            pieces.filter(part == p).group_by(schema.SESSION_ID).agg(pl.col(_START).min())
+            for p in range(n_buckets)
+        ]
+    ).sort(_START, schema.SESSION_ID)
+    del pieces
+    per_bucket = max(1, math.ceil(sessions.height / n_buckets))
+    rank = pl.int_range(0, pl.len(), dtype=pl.UInt32)
+    sessions = sessions.select(
+        schema.SESSION_ID, rank.alias(RANK), (rank // per_bucket).cast(pl.UInt32).alias(_BUCKET)
+    )
+    for k, offset in enumerate(range(0, n_rows, bucket_rows)):
+        piece = with_ids(lf.slice(offset, bucket_rows).collect())
+        piece = piece.join(sessions, on=schema.SESSION_ID, how="inner")
+        for (b,), part in piece.partition_by(_BUCKET, as_dict=True, include_key=False).items():
+            target = folder / f"bucket-{b:05d}"
+            target.mkdir(exist_ok=True)
+            part.select(*columns, RANK, _ROW).write_parquet(
+                target / f"{k:05d}.parquet", compression="lz4"
+            )
+    del sessions
+    out: list[Path] = []
+    for b in range(n_buckets):
+        files = sorted((folder / f"bucket-{b:05d}").glob("*.parquet"))
+        if not files:
+            continue
+        df = pl.read_parquet(files).sort(RANK, schema.TIMESTAMP, _ROW)
+        if cfg.remove_consecutive_repeats:
+            df = remove_consecutive_repeats(df.lazy()).collect()
+        path = folder / f"sessionized-{b:05d}.parquet"
+        df.drop(_ROW).write_parquet(path, compression="lz4")
+        out.append(path)
+        for f in files:
+            f.unlink()
+    return out
+
+
+def filter_sessions_and_items(
+    files: list[Path], cfg: FilterConfig
+) -> tuple[np.ndarray, pl.Series, dict[str, int]]:
+    """:func:`apply_filters` for events larger than memory: the parquet ``files`` of
+    :func:`sessionize_partitioned` (with their :data:`RANK` column).
+
+    The rounds run on two 4-byte codes per event (session number, item number) in numpy;
+    returns which sessions survive (a boolean per session number), the surviving item ids,
+    and the same report as ``apply_filters``. An event survives exactly when its session
+    and its item do: both filters remove whole items or whole sessions.
+    """
+    items = (
+        pl.scan_parquet(files)
+        .select(schema.ITEM_ID)
+        .unique()
+        .collect(engine="streaming")
+        .with_row_index("__i")
+    )
+    n_rows = pl.scan_parquet(files).select(pl.len()).collect().item()
+    s = np.empty(n_rows, dtype=np.uint32)  # session number of each event
+    i = np.empty(n_rows, dtype=np.uint32)  # item number of each event
+    at = 0
+    for path in files:  # one bucket at a time; a streaming join would buffer all events
+        keys = pl.read_parquet(path, columns=[RANK, schema.ITEM_ID]).join(
+            items, on=schema.ITEM_ID, how="left", maintain_order="left"
+        )
+        s[at : at + keys.height] = keys.get_column(RANK).to_numpy()
+        i[at : at + keys.height] = keys.get_column("__i").to_numpy()
+        at += keys.height
+    n_sessions0 = int(s.max()) + 1 if len(s) else 0
+    alive = np.ones(len(s), dtype=bool)
+    max_rounds = cfg.max_rounds if cfg.iterative else 1
+    need_items = cfg.min_item_support > 1
+    need_sessions = cfg.min_session_length > 1
+    rounds = 0
+    stable = not (need_items or need_sessions)
+    while not stable and rounds < max_rounds:
+        rounds += 1
+        before = int(alive.sum())
+        if need_items:
+            support = np.bincount(i[alive], minlength=items.height)
+            alive &= (support >= cfg.min_item_support)[i]
+        if need_sessions:
+            length = np.bincount(s[alive], minlength=n_sessions0)
+            alive &= (length >= cfg.min_session_length)[s]
+        stable = int(alive.sum()) == before
+    keep_sessions = np.zeros(n_sessions0, dtype=bool)
+    keep_sessions[s[alive]] = True
+    keep_items = np.zeros(items.height, dtype=bool)
+    keep_items[i[alive]] = True
+    n_events = int(alive.sum())
+    report = {
+        "rounds": rounds,
+        "stable": int(stable),
+        "events": n_events,
+        "sessions": int(keep_sessions.sum()),
+        "items": int(keep_items.sum()),
+        "removed_events": len(s) - n_events,
+        "removed_sessions": n_sessions0 - int(keep_sessions.sum()),
+        "removed_items": items.height - int(keep_items.sum()),
+    }
+    kept_ids = items.filter(pl.Series(keep_items)).get_column(schema.ITEM_ID)
+    return keep_sessions, kept_ids, report

@@ -149,7 +149,7 @@ def time_split(events: pl.DataFrame, cfg: SplitConfig) -> SplitResult:
     )
 
 
-def fit_item_index(train: pl.DataFrame) -> pl.DataFrame:
+def fit_item_index(train: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """The items table: ``item_idx`` 1..N (0 = padding), ``item_id``, ``count`` (train support).
 
     Ordered by support (descending), then item id, so the index is deterministic and
@@ -157,9 +157,11 @@ def fit_item_index(train: pl.DataFrame) -> pl.DataFrame:
     its most frequent non-null category (ties: the smallest name). One group-by over
     (item, category) serves both: an item's count is the sum over its categories.
     """
-    has_category = schema.CATEGORY in train.columns
+    has_category = schema.CATEGORY in train.lazy().collect_schema().names()
     keys = [schema.ITEM_ID, schema.CATEGORY] if has_category else [schema.ITEM_ID]
-    pairs = train.group_by(keys).agg(pl.len().cast(pl.Int64).alias("__n"))
+    pairs = (  # one row per (item, category): small, whatever the size of train
+        train.lazy().group_by(keys).agg(pl.len().cast(pl.Int64).alias("__n")).collect()
+    )
     counts = pairs.group_by(schema.ITEM_ID).agg(pl.col("__n").sum().alias(schema.ITEM_COUNT))
     items = counts.sort(
         [schema.ITEM_COUNT, schema.ITEM_ID], descending=[True, False], maintain_order=True

@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
@@ -57,6 +58,7 @@ __all__ = [
     "effective_config",
     "validate",
     "validate_cases",
+    "validate_streaming",
 ]
 
 # The quarantine's "column", "value" and "raw" names, taken from the schema (not re-typed).
@@ -301,10 +303,11 @@ def _event_type(plan: _Plan, et: EventTypeConfig) -> None:
     raw = pl.col(_t(et.column))
     mapping = et.mapping or {t: t for t in schema.CORE_EVENT_TYPES}
     plan.checks.append(_Check(raw.is_null(), "missing event type", et.column, raw))
-    if et.strict:
-        mapped = raw.replace_strict(mapping, default=None, return_dtype=pl.String)
-    else:
-        mapped = raw.replace(mapping)
+    # a when/then chain, not replace/replace_strict: those are not streamed by Polars'
+    # streaming engine (the whole column, and with it the whole plan, is materialized)
+    mapped: Any = raw if not et.strict else pl.lit(None, pl.String)
+    for source_value, value in reversed(list(mapping.items())):
+        mapped = pl.when(raw == source_value).then(pl.lit(value, pl.String)).otherwise(mapped)
     plan.stage(**{_v("event"): mapped})
     if et.strict:
         plan.checks.append(
@@ -474,6 +477,73 @@ def validate(source: RawSource, cfg: DataConfig, strict: bool = False) -> Valida
     )
     accepted = checked.filter(~bad).drop(_CHECK)
     return _finish(accepted, quarantine, checked.height, cfg, strict, source)
+
+
+def validate_streaming(
+    source: RawSource, cfg: DataConfig, accepted_path: Path, strict: bool = False
+) -> ValidationResult:
+    """:func:`validate` for inputs larger than memory: the accepted rows go to ``accepted_path``
+    (parquet, source order, duplicates removed) and ``accepted`` is left empty.
+
+    The checked rows are streamed to a parquet file once (the wide rows are never all in
+    memory); bad rows are looked up from it, and duplicates are found from a sorted column of
+    64-bit row hashes (8 bytes a row) with only the rows whose hash repeats compared exactly.
+    """
+    cfg = effective_config(cfg)
+    dtypes = dict(source.frame.collect_schema())
+    plan = _plan(cfg, dtypes, source.needs_strip, source.null_values)
+    lf = source.frame.with_row_index(_ROW)
+    for stage in plan.stages:
+        lf = lf.with_columns(**stage)
+    lf = lf.with_columns(_check_index(plan.checks))
+    out = canonical_columns(cfg)
+    checked_path = accepted_path.with_name(accepted_path.name + ".checked")
+    lf.select(_ROW, *[plan.outputs[c].alias(c) for c in out], _CHECK).sink_parquet(
+        checked_path, compression="lz4"
+    )
+    checked = pl.scan_parquet(checked_path)
+    rows_read = checked.select(pl.len()).collect().item()
+    bad_rows = checked.filter(pl.col(_CHECK).is_not_null()).select(_ROW).collect()
+    quarantine = None
+    if bad_rows.height:
+        quarantine = (
+            lf.filter(pl.col(_ROW).is_in(bad_rows.get_column(_ROW).implode()))
+            .select(_details(plan.checks))
+            .collect(engine="streaming")
+        )
+    accepted = checked.filter(pl.col(_CHECK).is_null()).drop(_CHECK)
+    drop = pl.Series(_ROW, [], dtype=pl.get_index_type())
+    if cfg.quality.drop_duplicates:
+        drop = _duplicate_rows(accepted, out)
+    accepted.filter(~pl.col(_ROW).is_in(drop.implode())).drop(_ROW).sink_parquet(
+        accepted_path, compression="lz4"
+    )
+    checked_path.unlink()
+    empty = pl.DataFrame(schema={c: t for c, t in checked.collect_schema().items() if c in out})
+    result = _finish(empty, quarantine, rows_read, None, strict, source)
+    result.rows_accepted = rows_read - result.rows_quarantined - drop.len()
+    result.rows_duplicate = drop.len()
+    return result
+
+
+def _duplicate_rows(rows: pl.LazyFrame, columns: list[str]) -> pl.Series:
+    """Row ids (:data:`_ROW`) of exact repeats of an earlier row, without holding the rows.
+
+    Sorting the 64-bit row hashes finds the hashes that repeat; only rows with such a hash
+    are loaded and compared exactly (the first of each group of equal rows is kept).
+    """
+    row_hash = pl.struct(columns).hash(seed=0).alias("__shoprec_hash")
+    hashes = rows.select(row_hash).collect(engine="streaming").get_column("__shoprec_hash")
+    hashes = hashes.sort()
+    repeated = hashes.filter(hashes == hashes.shift(1)).unique()
+    del hashes
+    if repeated.len() == 0:
+        return pl.Series(_ROW, [], dtype=pl.get_index_type())
+    candidates = (
+        rows.filter(row_hash.is_in(repeated.implode())).collect(engine="streaming").sort(_ROW)
+    )
+    first = candidates.select(pl.struct(columns).is_first_distinct()).to_series()
+    return candidates.get_column(_ROW).filter(~first)
 
 
 def _finish(

@@ -10,6 +10,10 @@ evaluate on the test cases (full catalogue, pessimistic ties), and write the run
     <output_dir>/<name>/metrics.json      test metrics + protocol + timings + per-epoch history
 
 Tracking is optional and injected (``tracker``), so ``fit`` runs offline in tests.
+
+Several processes (``trainer.strategy: ddp``, see :mod:`shoprec.training.ddp`): every process
+trains; only global rank 0 writes ``config.yaml``, talks to the tracker, evaluates and writes
+the bundle and ``metrics.json``. The other ranks return a result without metrics.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from shoprec.export import save_bundle
 from shoprec.models import registry
 from shoprec.models.base import NextItemModel
 from shoprec.training.config import ExperimentConfig, validate_model_section
+from shoprec.training.ddp import launched_as_rank_zero
 
 __all__ = ["FitResult", "fit", "open_dataset"]
 
@@ -154,7 +159,8 @@ def _fit_neural(
     run_dir: Path,
     callbacks: Sequence[L.Callback],
     history: HistoryCallback,
-) -> tuple[NextItemModel, float | None]:
+) -> tuple[NextItemModel, float | None, bool]:
+    """Train in the model's Lightning regime; also says whether this process is global rank 0."""
     from shoprec.training.regimes import REGIMES
 
     regime = REGIMES[config.model_name]
@@ -178,6 +184,9 @@ def _fit_neural(
         log_every_n_steps=tc.log_every_n_steps,
         enable_progress_bar=tc.progress_bar,
         enable_model_summary=False,
+        # the regimes shard their own training batches under DDP (shoprec.training.ddp) and
+        # validate on all cases in every process
+        use_distributed_sampler=False,
         deterministic=tc.deterministic,
         gradient_clip_val=tc.gradient_clip_val,
         logger=False,
@@ -198,7 +207,7 @@ def _fit_neural(
     net = cast(NextItemModel, module.model)
     if isinstance(net, torch.nn.Module):
         net.eval()
-    return net, best_val
+    return net, best_val, trainer.is_global_zero
 
 
 def fit(
@@ -222,9 +231,12 @@ def fit(
         torch.set_num_threads(config.trainer.num_threads)
     run_dir = run_dir or Path(config.output_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
+    if not launched_as_rank_zero():
+        tracker = None  # a DDP worker process: rank 0 alone tracks and writes
+    else:
+        (run_dir / "config.yaml").write_text(
+            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dataset = open_dataset(config)
@@ -248,7 +260,17 @@ def fit(
             from shoprec.tracking import EpochMetricsCallback
 
             extra.append(EpochMetricsCallback(tracker))
-        model, best_val = _fit_neural(config, dataset, run_dir, extra, history)
+        model, best_val, global_zero = _fit_neural(config, dataset, run_dir, extra, history)
+        if not global_zero:  # a DDP worker: rank 0 evaluates and writes the run folder
+            return FitResult(
+                config=config,
+                run_dir=run_dir,
+                bundle_dir=run_dir / "bundle",
+                metrics={},
+                protocol={},
+                timings={"train_seconds": time.perf_counter() - t0},
+                model=model,
+            )
     timings["train_seconds"] = time.perf_counter() - t0
     if best_val is None and dataset.has("valid_cases.parquet"):
         best_val = _validation_metric(config, model, dataset)

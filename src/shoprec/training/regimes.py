@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from shoprec import schema
 from shoprec.config import StrictModel
@@ -48,6 +48,13 @@ from shoprec.data.sequences import (
 from shoprec.data.session_parallel import SessionParallelBatch, SessionParallelDataset
 from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from shoprec.models.sasrec import SASRec, SASRecConfig
+from shoprec.training.ddp import (
+    ShardedBatchSampler,
+    ShardedSessionParallel,
+    ShardStep,
+    rank_and_world,
+    row_sparse_grads_,
+)
 from shoprec.training.losses import (
     bpr_max_loss,
     cross_entropy_logq_loss,
@@ -298,7 +305,20 @@ class SessionParallelModule(_NextItemModule):
             torch.manual_seed(config.seed)
             self.model: GRU4Rec = GRU4Rec(model)
         self.model.sparse_grad = config.optimizer == "adagrad"
+        self._dense_item_grads = False
         self._hidden: list[torch.Tensor] | None = None
+
+    def setup(self, stage: str) -> None:
+        # DDP all-reduces dense gradients only: under DDP the item rows get dense gradients,
+        # made row-sparse again before the step (the same lazy Adagrad update as one process)
+        if self.model.sparse_grad and rank_and_world(self._trainer)[1] > 1:
+            self.model.sparse_grad = False
+            self._dense_item_grads = True
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._dense_item_grads:
+            m = self.model
+            row_sparse_grads_([m.item_weight, m.item_bias, m.input_embedding])
 
     def carry_state(self, batch: SessionParallelBatch) -> list[torch.Tensor]:
         """The state entering this step: previous state, rows dropped per ``keep``, rows of
@@ -330,7 +350,16 @@ class SessionParallelModule(_NextItemModule):
         log_q = batch.column_log_q if batch.column_log_q.numel() else None
         return cross_entropy_logq_loss(scores, log_q, cfg.logq)
 
-    def training_step(self, batch: SessionParallelBatch, batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: SessionParallelBatch | ShardStep, batch_idx: int
+    ) -> torch.Tensor:
+        weight = 1.0
+        if isinstance(batch, ShardStep):  # DDP: this process's share of a global step
+            weight = batch.weight
+            batch = batch.batch
+            if batch.inputs.shape[0] == 0:  # no slot left here at the end of the epoch; DDP
+                # still needs a (zero) gradient for every parameter from every process
+                return torch.stack([p.sum() for p in self.parameters()]).sum() * 0.0
         loss = self.loss(self.forward_step(batch), batch)
         self.log(
             "train/loss",
@@ -340,7 +369,7 @@ class SessionParallelModule(_NextItemModule):
             prog_bar=True,
             batch_size=int(batch.inputs.shape[0]),
         )
-        return loss
+        return loss * weight
 
     def on_train_epoch_start(self) -> None:
         self._hidden = None
@@ -382,9 +411,17 @@ class SessionParallelModule(_NextItemModule):
 
 
 def session_parallel_loader(
-    sessions: Sequence[np.ndarray], n_items: int, config: SessionParallelConfig
+    sessions: Sequence[np.ndarray],
+    n_items: int,
+    config: SessionParallelConfig,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader[Any]:
-    """The training loader of the session-parallel regime (sampler and logQ table included)."""
+    """The training loader of the session-parallel regime (sampler and logQ table included).
+
+    With ``world > 1`` processes, this process's slots of the global stream of
+    ``world * batch_size`` slots (:class:`shoprec.training.ddp.ShardedSessionParallel`).
+    """
     counts = item_counts(list(sessions), n_items)
     sampler = None
     if config.n_sample > 0:
@@ -394,16 +431,19 @@ def session_parallel_loader(
     log_q_table = None
     if config.loss == "cross-entropy" and config.logq > 0:
         data_probs = torch.as_tensor(counts, dtype=torch.float64) / max(1, int(counts.sum()))
-        log_q_table = mixture_log_q(data_probs, sampler, config.batch_size)
+        log_q_table = mixture_log_q(data_probs, sampler, config.batch_size * world)
     ds = SessionParallelDataset(
         sessions,
-        config.batch_size,
+        config.batch_size * world,
         shuffle=config.shuffle_sessions,
         seed=config.seed,
         sampler=sampler,
         log_q_table=log_q_table,
     )
-    return DataLoader(ds, batch_size=None, collate_fn=_identity)
+    if world == 1:
+        return DataLoader(ds, batch_size=None, collate_fn=_identity)
+    shard = ShardedSessionParallel(ds, rank, world)
+    return DataLoader(shard, batch_size=None, collate_fn=_identity)
 
 
 class SessionParallelDataModule(L.LightningDataModule):
@@ -424,7 +464,10 @@ class SessionParallelDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
             self._train = session_parallel_loader(
-                self.dataset.train_sessions(), self.model_config.n_items, self.config
+                self.dataset.train_sessions(),
+                self.model_config.n_items,
+                self.config,
+                *rank_and_world(self.trainer),
             )
             self._valid = _valid_cases(self.dataset)
 
@@ -501,9 +544,18 @@ class SequenceModule(_NextItemModule):
 
 
 def sequence_loader(
-    sessions: Sequence[np.ndarray], n_items: int, max_len: int, config: SequenceConfig
+    sessions: Sequence[np.ndarray],
+    n_items: int,
+    max_len: int,
+    config: SequenceConfig,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader[Any]:
-    """The training loader of the sequence regime (length-bucketed, sampler when needed)."""
+    """The training loader of the sequence regime (length-bucketed, sampler when needed).
+
+    With ``world > 1`` processes, this process's share of every global batch of
+    ``world * batch_size`` sequences (:class:`shoprec.training.ddp.ShardedBatchSampler`).
+    """
     ds = SequenceDataset(sessions, max_len)
     sampler = None
     if config.loss != "ce":
@@ -511,9 +563,11 @@ def sequence_loader(
         sampler = PopularitySampler(
             counts, config.sample_alpha, config.n_negatives, seed=config.seed
         )
-    batches = LengthBucketSampler(
-        ds.lengths(), config.batch_size, config.bucket_batches, seed=config.seed
+    batches: Sampler[list[int]] = LengthBucketSampler(
+        ds.lengths(), config.batch_size * world, config.bucket_batches, seed=config.seed
     )
+    if world > 1:
+        batches = ShardedBatchSampler(batches, rank, world)
     return DataLoader(ds, batch_sampler=batches, collate_fn=SequenceCollator(sampler))
 
 
@@ -539,6 +593,7 @@ class SequenceDataModule(L.LightningDataModule):
                 self.model_config.n_items,
                 self.model_config.max_len,
                 self.config,
+                *rank_and_world(self.trainer),
             )
             self._valid = _valid_cases(self.dataset)
 
