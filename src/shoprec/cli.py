@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shoprec import __version__
+from shoprec.config import add_run_args
 from shoprec.errors import ShoprecError
 
 
@@ -240,17 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_synth)
 
     p = verbs.add_parser("train", help="train, evaluate and export a model from a config")
-    p.add_argument("config", help="experiment YAML (configs/experiment/*.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set trainer.max_epochs=3",
-    )
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment name")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    add_run_args(p, "experiment YAML (configs/experiment/*.yaml)", "trainer.max_epochs=3")
     p.set_defaults(func=_cmd_train)
 
     p = verbs.add_parser("evaluate", help="full-catalogue evaluation of a bundle")

@@ -6,6 +6,7 @@ loudly, naming the file and the dotted key (RecTools' ``extra="forbid"``; nanoGP
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from shoprec.errors import ShoprecError
 __all__ = [
     "ConfigError",
     "StrictModel",
+    "add_run_args",
     "apply_overrides",
     "load_config",
     "parse_override",
@@ -125,3 +127,20 @@ def load_config(model: type[M], path: str | Path, overrides: list[str] | None = 
     """Load ``path`` (YAML), apply ``--set`` overrides and validate it strictly into ``model``."""
     data = apply_overrides(read_yaml(path), overrides)
     return validate_config(model, data, source=str(path))
+
+
+def add_run_args(parser: argparse.ArgumentParser, config_help: str, example: str) -> None:
+    """The arguments every config-driven, tracked run takes (``train``, ``churn train``)."""
+    parser.add_argument("config", help=config_help)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {example}",
+    )
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite)"
+    )
+    parser.add_argument("--experiment", default=None, help="MLflow experiment name")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")

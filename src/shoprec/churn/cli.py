@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoprec.config import ConfigError
+from shoprec.config import ConfigError, add_run_args
 
 if TYPE_CHECKING:
     import polars as pl
@@ -167,20 +167,6 @@ def print_summary(scores: pl.DataFrame, top: int = 10) -> None:
     console.print(table)
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="churn config YAML (configs/churn/*.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set net.max_epochs=5",
-    )
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment name")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-
-
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``churn`` verb group (``score``, ``train``) to the main parser's verbs."""
     churn = subparsers.add_parser("churn", help="churn models: score customers, train")
@@ -202,5 +188,5 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(func=score_command)
 
     p = verbs.add_parser("train", help="train the churn models of a churn config")
-    _add_train_args(p)
+    add_run_args(p, "churn config YAML (configs/churn/*.yaml)", "net.max_epochs=5")
     p.set_defaults(func=train_command)
