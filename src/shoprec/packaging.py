@@ -157,16 +157,10 @@ def _fetch(source: str, tmp: Path, tracking_uri: str | None) -> _Fetched:
     name, alias, version = parse_models_uri(source)
     from shoprec import tracking
 
-    client = tracking._client(tracking_uri)
-    where = tracking.resolve_tracking_uri(tracking_uri)
     try:
-        mv = (
-            client.get_model_version_by_alias(name, alias)
-            if alias is not None
-            else client.get_model_version(name, str(version))
-        )
-    except Exception as exc:  # MlflowException; tracking.py is the only mlflow importer
-        raise PackagingError(f"{source}: not found in the registry at {where}: {exc}") from exc
+        mv = tracking.model_version(name, alias=alias, version=version, tracking_uri=tracking_uri)
+    except tracking.TrackingError as exc:
+        raise PackagingError(f"{source}: {exc}") from exc
     dst = tmp / f"{name}-v{mv.version}"
     dst.mkdir(parents=True)
     try:
@@ -178,8 +172,8 @@ def _fetch(source: str, tmp: Path, tracking_uri: str | None) -> _Fetched:
     return _Fetched(
         path=_bundle_root(Path(path)),
         source=source,
-        run_id=str(mv.run_id) if mv.run_id else None,
-        version=str(mv.version),
+        run_id=mv.run_id,
+        version=mv.version,
         registered_name=name,
     )
 

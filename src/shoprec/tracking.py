@@ -137,6 +137,7 @@ class RunTracker:
     ) -> None:
         """``run_id`` attaches to an existing run (e.g. a study's parent) instead of creating one;
         such a run is not ended by this object."""
+        t0 = time.perf_counter()
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment
         self.run_name = run_name
@@ -145,7 +146,18 @@ class RunTracker:
         self.client = MlflowClient(self.tracking_uri)
         self.run_id = run_id or ""
         self._owned = run_id is None
-        self.seconds = 0.0  # time spent talking to MLflow (overhead accounting)
+        # Everything tracking costs the run (overhead accounting): client set-up, run start and
+        # end, every log call, and work done only for the tracker (see :meth:`timed`).
+        self.seconds = time.perf_counter() - t0
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        """Count the enclosed work (e.g. building figures only the run keeps) as tracking."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - t0
 
     def __enter__(self) -> RunTracker:
         if not self._owned:
@@ -169,8 +181,10 @@ class RunTracker:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if not self._owned:
             return
+        t0 = time.perf_counter()
         status = RunStatus.to_string(RunStatus.FAILED if exc_type else RunStatus.FINISHED)
         self.client.set_terminated(self.run_id, status=status)
+        self.seconds += time.perf_counter() - t0
 
     # -- logging -------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -402,6 +416,38 @@ def promote(
         version,
         champ.version,
     )
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model version, as the packager needs it (no MLflow types leak out)."""
+
+    name: str
+    version: str
+    run_id: str | None
+
+
+def model_version(
+    name: str,
+    *,
+    alias: str | None = None,
+    version: int | str | None = None,
+    tracking_uri: str | None = None,
+) -> ModelVersion:
+    """Resolve ``name@alias`` or ``name/version`` in the registry to one fixed version.
+
+    Raises :class:`ShoprecError` naming the registry when it is not there."""
+    client = _client(tracking_uri)
+    try:
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias is not None
+            else client.get_model_version(name, str(version))
+        )
+    except mlflow.exceptions.MlflowException as exc:
+        where = resolve_tracking_uri(tracking_uri)
+        raise TrackingError(f"{name}: not found in the registry at {where}: {exc}") from exc
+    return ModelVersion(name=name, version=str(mv.version), run_id=mv.run_id or None)
 
 
 def download_model(uri: str, dst: str | Path, *, tracking_uri: str | None = None) -> Path:
