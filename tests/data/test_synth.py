@@ -6,12 +6,20 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from shoprec import schema
-from shoprec.data.synth import CSV_COLUMNS, SynthConfig, SynthResult, generate, write_synthetic
+from shoprec.data.synth import (
+    CSV_COLUMNS,
+    SynthConfig,
+    SynthResult,
+    generate,
+    lapse_probability,
+    write_synthetic,
+)
 
 CFG = SynthConfig(users=600, days=45, seed=7)
 
@@ -92,9 +100,94 @@ def test_no_events_after_lapse_and_truth_consistent(result: SynthResult) -> None
     seen = result.events.filter(pl.col(schema.USER_ID).is_not_null())
     assert cust["n_sessions"].sum() == seen[schema.SESSION_ID].n_unique()
     assert set(cust["segment"].unique()) == {"loyal", "regular", "occasional"}
+    # the disengagement onset precedes the lapse (equal for an abrupt lapse)
+    both = cust.filter(pl.col("decline_start").is_not_null() & pl.col("lapse_time").is_not_null())
+    assert both.height > 0 and (both["decline_start"] <= both["lapse_time"]).all()
     # loyal customers visit more than occasional ones, as their latent rate says
     by_seg = dict(cust.group_by("segment").agg(pl.col("n_sessions").mean()).iter_rows())
     assert by_seg["loyal"] > by_seg["regular"] > by_seg["occasional"]
+
+
+LAPSE_CFG = SynthConfig(users=3000, days=200, seed=11)
+LAPSE_T = LAPSE_CFG.start + timedelta(days=120)
+LAPSE_H = 30
+
+
+@pytest.fixture(scope="module")
+def lapse_cohort() -> tuple[SynthResult, pl.DataFrame]:
+    """Customers active in the 60 days before T and alive at T: their session trend (last 30
+    days vs the 30 before, in [-1, 1]) and whether they lapse in (T, T + H] (the truth)."""
+    shop = generate(LAPSE_CFG)
+    t = LAPSE_T
+    window = shop.events.filter(
+        pl.col(schema.USER_ID).is_not_null()
+        & (pl.col(schema.TIMESTAMP) >= t - timedelta(days=60))
+        & (pl.col(schema.TIMESTAMP) < t)
+    )
+    recent = pl.col(schema.TIMESTAMP) >= t - timedelta(days=30)
+    sessions = pl.col(schema.SESSION_ID)
+    trend = window.group_by(schema.USER_ID).agg(
+        sessions.filter(recent).n_unique().cast(pl.Float64).alias("recent"),
+        sessions.filter(~recent).n_unique().cast(pl.Float64).alias("earlier"),
+    )
+    lapse = pl.col("lapse_time")
+    cohort = (
+        trend.with_columns(
+            ((pl.col("recent") - pl.col("earlier")) / (pl.col("recent") + pl.col("earlier"))).alias(
+                "trend"
+            )
+        )
+        .join(shop.customers.select(schema.USER_ID, "lapse_time"), on=schema.USER_ID)
+        .filter(lapse.is_null() | (lapse > t))
+        .with_columns(
+            (lapse.is_not_null() & (lapse <= t + timedelta(days=LAPSE_H))).alias("lapses")
+        )
+    )
+    return shop, cohort
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC by the rank-sum formula (ties count half)."""
+    ranks = pl.Series(score).rank("average").to_numpy()
+    pos = y.astype(bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_lapse_is_preceded_by_declining_activity(
+    lapse_cohort: tuple[SynthResult, pl.DataFrame],
+) -> None:
+    """Customers who lapse in (T, T + H] were already visiting less before T, unlike those
+    who stay: the precursor a churn model can read (a memoryless lapse would show none)."""
+    _, cohort = lapse_cohort
+    lapsers = cohort.filter(pl.col("lapses"))
+    stayers = cohort.filter(~pl.col("lapses"))
+    assert lapsers.height >= 50 and stayers.height >= 500
+    gap = stayers["trend"].mean() - lapsers["trend"].mean()  # type: ignore[operator]
+    assert gap > 0.2
+    auc = _auc(cohort["lapses"].to_numpy(), -cohort["trend"].to_numpy())
+    assert 0.65 < auc < 0.95  # informative, far from a give-away
+
+
+def test_true_lapse_probability_is_calibrated_and_imperfect(
+    lapse_cohort: tuple[SynthResult, pl.DataFrame],
+) -> None:
+    """lapse_probability (the latent state at T) predicts the lapse well but not perfectly,
+    and its mean matches the lapse rate; it is undefined (NaN) only for customers gone or not
+    yet signed up at T."""
+    shop, cohort = lapse_cohort
+    prob = lapse_probability(shop.customers, LAPSE_T, LAPSE_H, LAPSE_CFG)
+    cust = shop.customers.with_columns(pl.Series("p", prob))
+    lapse = pl.col("lapse_time")
+    undefined = cust.filter(pl.col("p").is_nan())
+    gone = lapse.is_not_null() & (lapse <= LAPSE_T)
+    assert undefined.filter(~gone & (pl.col("signup_time") <= LAPSE_T)).height == 0
+    scored = cohort.join(cust.select(schema.USER_ID, "p"), on=schema.USER_ID)
+    y = scored["lapses"].to_numpy()
+    p = scored["p"].to_numpy()
+    assert np.all((p >= 0) & (p <= 1))
+    assert abs(p.mean() - y.mean()) < 0.03
+    assert 0.85 < _auc(y, p) < 0.995
 
 
 def test_anonymous_single_session_visitors(result: SynthResult) -> None:

@@ -4,7 +4,8 @@ Why: the real public logs are small samples with no churn ground truth; the demo
 the scaling benchmarks need a log that looks like a store export (views, carts, purchases,
 anonymous visitors, given session ids, ISO timestamps) and whose latent structure is known:
 which items follow which (so next-item models have something to learn) and when each customer
-stops coming back (so churn labels can be checked against the truth).
+stops coming back, and how that showed beforehand (so churn labels and churn models can be
+checked against the truth).
 
 The generative story, all of it vectorized numpy (one loop over *positions within a session*,
 never over rows, so 10M events take seconds):
@@ -14,18 +15,40 @@ never over rows, so 10M events take seconds):
   ``n_related`` fixed neighbours (mostly in its category, some in a "complementary" partner
   category), with a skewed preference for the first ones: this is the sequential signal.
 * Customers: a segment (loyal / regular / occasional) that scales the visit rate, the buying
-  propensity and the lapse hazard; a signup time (before or during the horizon); a lapse time
-  drawn from an exponential lifetime (after it, the customer never returns: churn ground
-  truth); a favourite category; for some, a staple item re-bought on a cycle.
-* Sessions: browse visits form a Poisson process between signup and lapse; staple customers
-  add replenishment visits every ~cycle days; anonymous one-visit sessions make up
-  ``anonymous_share`` of all sessions. A session that would not end before its customer's
-  lapse (or the horizon end) is not generated, so no event follows a lapse.
+  propensity and the disengagement hazard; a signup time (before or during the horizon); a
+  favourite category; for some, a staple item re-bought on a cycle.
+* Engagement and lapse: each customer has a latent engagement ``g(t)`` in (0, 1] that scales
+  everything they do (below). A healthy customer has ``g = 1`` apart from *temporary dips*
+  (busy spells, holidays: about ``dips_per_year`` of them, ~``dip_mean_days`` long, engagement
+  x 0.15..0.6, then back to normal); dips carry no lapse risk. At a random *disengagement
+  onset* (daily hazard ``lapse_rate`` x the segment's factor, memoryless) engagement starts to
+  decay, ``g = exp(-(t - onset) / tau)`` with a per-customer ``tau`` around
+  ``decline_tau_days``, and the lapse hazard rises as engagement falls:
+  ``decline_hazard x (1 - g) ** decline_hazard_power`` per day. The lapse time (after it the
+  customer never returns: the churn ground truth) is drawn from that hazard, so the
+  disengagement phase has a random length (with the defaults 5% / 50% / 95% quantiles of
+  about 34 / 56 / 83 days; engagement is down to ~0.15 at the lapse), during which the
+  visit rhythm slows down, sessions get shorter, fewer views turn into carts and more carts
+  are abandoned. A share ``abrupt_lapse_share`` of onsets are lapses with no warning at all
+  (moved away, switched store overnight). Customers who signed up before the horizon start
+  their engagement clock up to 120 days earlier and are drawn alive at the horizon start, so
+  some are already disengaging when it opens. Nothing in the log marks the onset: a model
+  has to read it from the thinning activity, and a dip looks like an onset for a while.
+  :func:`lapse_probability` gives the true probability of a lapse in a horizon from the
+  latent state (what an oracle that knows the onset could say): the ceiling for any model.
+* Sessions: browse visits follow a personal rhythm between signup and lapse, a renewal
+  process with gamma gaps (shape around ``visit_regularity``; 1 would be Poisson) at the
+  customer's visit rate x ``g(t)`` (the rhythm is run in time stretched by the decline, and a
+  dip skips visits); staple customers add replenishment visits every ~cycle days, each
+  skipped with probability ``1 - g(t)`` (purchases space out); anonymous one-visit sessions
+  make up ``anonymous_share`` of all sessions. A session that would not end before its
+  customer's lapse (or the horizon end) is not generated, so no event follows a lapse.
 * Inside a session: the first item comes from the favourite category (or by popularity); each
   next view is a related neighbour of the current item, another item of the same category,
-  a jump to another category, or (rarely) a reload of the same item. Each view can lead to an
-  add-to-cart a few seconds later; carted items are bought at checkout (after the last view)
-  or abandoned.
+  a jump to another category, or (rarely) a reload of the same item. The mean number of views
+  is ``mean_session_views x (0.4 + 0.6 g)``. Each view can lead to an add-to-cart a few
+  seconds later (probability x ``sqrt(g)``); carted items are bought at checkout (after the
+  last view) with probability ``p_purchase x (0.5 + 0.5 g)``, or abandoned.
 
 Rough size: with the defaults one registered customer yields ~``EVENTS_PER_USER_DAY`` events
 per day of horizon (anonymous visitors included); :meth:`SynthConfig.for_events` calibrates
@@ -37,6 +60,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from math import comb
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,6 +78,7 @@ __all__ = [
     "SynthConfig",
     "SynthResult",
     "generate",
+    "lapse_probability",
     "write_synthetic",
 ]
 
@@ -71,15 +96,16 @@ CSV_COLUMNS: Final = (
 )
 ISO_FORMAT: Final = "%Y-%m-%dT%H:%M:%S%.3fZ"
 
-# Segment name -> (share of customers, visit-rate factor, buy-propensity factor, lapse factor).
+# Segment name -> (share of customers, visit-rate factor, buy-propensity factor, factor on the
+# disengagement hazard).
 SEGMENTS: Final[dict[str, tuple[float, float, float, float]]] = {
     "loyal": (0.15, 3.0, 1.5, 0.3),
     "regular": (0.50, 1.0, 1.0, 1.0),
     "occasional": (0.35, 0.35, 0.6, 2.5),
 }
-# Measured with the defaults (60 days, seed 0): about 0.9 events per registered customer per
-# day of horizon (55 per customer over 60 days), anonymous visitors included.
-EVENTS_PER_USER_DAY: Final = 0.9
+# Measured with the defaults (60 days, seeds 0 and 1): about 0.96 events per registered customer
+# per day of horizon (58 per customer over 60 days), anonymous visitors included.
+EVENTS_PER_USER_DAY: Final = 0.96
 
 _DAY: Final = 86_400.0
 _VIEW, _CART, _PURCHASE = 0, 1, 2
@@ -114,7 +140,15 @@ class SynthConfig(StrictModel):
     # customers
     anonymous_share: float = Field(default=0.3, ge=0, lt=1)  # of all sessions
     visits_per_week: float = Field(default=1.0, gt=0)  # mean browse rate (regular segment)
-    lapse_rate: float = Field(default=0.01, ge=0)  # daily hazard of stopping for good
+    visit_regularity: float = Field(default=3.0, ge=1)  # gamma shape of gaps between visits
+    # engagement and lapse (module docstring)
+    lapse_rate: float = Field(default=0.004, ge=0)  # daily hazard of a disengagement onset
+    decline_tau_days: float = Field(default=30.0, gt=0)  # engagement decay time once disengaging
+    decline_hazard: float = Field(default=0.2, gt=0)  # daily lapse hazard at zero engagement
+    decline_hazard_power: int = Field(default=8, ge=1, le=16)  # hazard ~ (1 - engagement) ** k
+    abrupt_lapse_share: float = Field(default=0.05, ge=0, le=1)  # onsets that lapse at once
+    dips_per_year: float = Field(default=3.0, ge=0)  # temporary engagement dips (no lapse risk)
+    dip_mean_days: float = Field(default=10.0, gt=0)
     new_customer_share: float = Field(default=0.3, ge=0, le=1)  # sign up during the horizon
     replenish_share: float = Field(default=0.25, ge=0, le=1)  # customers with a staple item
     replenish_cycle_days: float = Field(default=14.0, gt=0)
@@ -222,6 +256,164 @@ def _segment_ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return group, rank
 
 
+_WARMUP_DAYS: Final = 120.0  # engagement clock of pre-horizon customers starts this early
+
+
+def _cumulative_hazard(cfg: SynthConfig, elapsed_days: np.ndarray, tau_days: np.ndarray) -> Any:
+    """Lapse hazard integrated over the first ``elapsed_days`` of a disengagement phase,
+    ``int_0^d decline_hazard * (1 - exp(-u / tau)) ** k du`` (k = ``decline_hazard_power``),
+    in closed form: ``d + sum_j C(k, j) (-1)^j tau / j (1 - exp(-j d / tau))``."""
+    d = np.maximum(elapsed_days, 0.0)
+    k = cfg.decline_hazard_power
+    total = d.copy()
+    for j in range(1, k + 1):
+        total = total + comb(k, j) * (-1) ** j * tau_days / j * -np.expm1(-j * d / tau_days)
+    return cfg.decline_hazard * np.maximum(total, 0.0)
+
+
+def _phase_length(cfg: SynthConfig, e: np.ndarray, tau_days: np.ndarray) -> np.ndarray:
+    """Days from onset to lapse: solves ``cumulative hazard = e`` (e ~ Exp(1)) by Newton's
+    method from the upper bound ``e / h + k tau`` (the function is increasing and convex, so
+    the iterates fall monotonically onto the root)."""
+    k = cfg.decline_hazard_power
+    d = e / cfg.decline_hazard + k * tau_days
+    for _ in range(100):
+        slope = cfg.decline_hazard * (-np.expm1(-d / tau_days)) ** k
+        step = (_cumulative_hazard(cfg, d, tau_days) - e) / np.maximum(slope, 1e-12)
+        d = np.maximum(d - step, 0.0)
+        if float(np.max(np.abs(step), initial=0.0)) < 1e-6:
+            break
+    return np.asarray(d)
+
+
+def _engagement_clock(
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    segment: np.ndarray,
+    signup: np.ndarray,
+    tau: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disengagement onset and lapse time (seconds from the horizon start) per customer.
+
+    The clock starts at signup (at most ``_WARMUP_DAYS`` before the horizon for older
+    customers); a pre-horizon customer must be alive at the horizon start (redrawn until so,
+    a bounded number of times), so the opening population holds some who are already
+    disengaging.
+    """
+    seg_factor = np.array([SEGMENTS[s][3] for s in SEGMENTS])
+    hazard = cfg.lapse_rate * seg_factor[segment]  # per day
+    clock = np.maximum(signup, -_WARMUP_DAYS * _DAY)
+    n = signup.shape[0]
+    onset = np.empty(n)
+    lapse = np.empty(n)
+    todo = np.arange(n)
+    for _ in range(50):
+        k = todo.shape[0]
+        with np.errstate(divide="ignore"):
+            wait = np.where(hazard[todo] > 0, rng.exponential(1.0, k) / hazard[todo], np.inf)
+        abrupt = rng.random(k) < cfg.abrupt_lapse_share
+        phase = _phase_length(cfg, rng.exponential(1.0, k), tau[todo] / _DAY)
+        onset[todo] = clock[todo] + wait * _DAY
+        lapse[todo] = onset[todo] + np.where(abrupt, 0.0, phase) * _DAY
+        todo = todo[(signup[todo] < 0) & (lapse[todo] <= 0)]
+        if todo.shape[0] == 0:
+            break
+    return onset, lapse
+
+
+def _dips(
+    cfg: SynthConfig, rng: np.random.Generator, active_from: np.ndarray, active_len: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Temporary engagement dips: (user, start, end, factor) sorted by (user, start), and the
+    key span (``user * span + time`` orders by user, then time)."""
+    n_dips = rng.poisson(cfg.dips_per_year / 365.0 * active_len / _DAY)
+    user, _ = _segment_ranges(n_dips)
+    start = active_from[user] + rng.random(user.shape[0]) * active_len[user]
+    end = start + rng.gamma(2.0, cfg.dip_mean_days / 2.0, user.shape[0]) * _DAY
+    factor = np.asarray(rng.uniform(0.15, 0.6, user.shape[0]))
+    span = float(cfg.days * _DAY + 1.0)
+    order = np.argsort(user * span + start, kind="stable")
+    return user[order], start[order], end[order], factor[order], span
+
+
+def _decline(user: np.ndarray, t: np.ndarray, onset: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """The disengagement part of g(t): 1 before the onset, ``exp(-(t - onset) / tau)`` after."""
+    elapsed = np.maximum(t - onset[user], 0.0)
+    return np.asarray(np.exp(-elapsed / tau[user]))
+
+
+def _dip_factor(
+    user: np.ndarray,
+    t: np.ndarray,
+    dips: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float],
+) -> np.ndarray:
+    """The dip part of g(t): the factor of the dip that began last before ``t`` if it still
+    runs, else 1."""
+    d_user, d_start, d_end, d_factor, span = dips
+    if d_user.shape[0] == 0:
+        return np.ones(t.shape[0])
+    idx = np.searchsorted(d_user * span + d_start, user * span + t, side="right") - 1
+    safe = np.maximum(idx, 0)
+    inside = (idx >= 0) & (d_user[safe] == user) & (t < d_end[safe])
+    return np.asarray(np.where(inside, d_factor[safe], 1.0))
+
+
+def _browse_visits(
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    visit_rate: np.ndarray,
+    active_from: np.ndarray,
+    active_to: np.ndarray,
+    onset: np.ndarray,
+    tau: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Browse visit times: a renewal process with gamma gaps (shape ``visit_regularity``
+    around each customer's own value; 1 would be Poisson) in *operational time*
+    ``s = int visit_rate x decline(t) dt``, mapped back to clock time. A healthy customer
+    keeps a personal rhythm; a disengaging one's rhythm slows down, so gaps stretch.
+
+    With ``a`` = active_from, ``b`` = max(onset, a) and ``g_b`` the decline factor at ``b``:
+    ``s(t) = r (t - a)`` up to ``b``, then ``r (b - a) + r g_b tau (1 - exp(-(t - b) / tau))``.
+    """
+    r = visit_rate / _DAY
+    b = np.clip(onset, active_from, active_to)
+    g_b = np.exp(-np.maximum(active_from - onset, 0.0) / tau)
+    s_b = r * (b - active_from)
+    s_end = s_b + r * g_b * tau * -np.expm1(-(active_to - b) / tau)
+    shape = np.maximum(cfg.visit_regularity * np.exp(rng.normal(0.0, 0.4, r.shape[0])), 1.0)
+    # renewal points s_1 < s_2 < ... < s_end per customer, drawn in batches (a customer whose
+    # batch falls short of s_end draws another one from where it stopped)
+    users, points = [], []
+    todo = np.flatnonzero(s_end > 0)
+    reached = np.zeros(r.shape[0])
+    first = True
+    while todo.shape[0] > 0:
+        need = s_end[todo] - reached[todo]
+        n = np.ceil(need + 4.0 * np.sqrt(need) + 4.0).astype(np.int64)
+        u, _ = _segment_ranges(n)
+        gap = rng.gamma(shape[todo][u], 1.0 / shape[todo][u])
+        if first:  # the first visit after a random stretch of a gap (a stationary start)
+            heads = np.cumsum(n) - n
+            gap[heads] *= rng.random(heads.shape[0])
+        csum = np.cumsum(gap)
+        pos = reached[todo][u] + csum - (csum - gap)[np.cumsum(n) - n][u]
+        user = todo[u]
+        keep = pos < s_end[user]
+        users.append(user[keep])
+        points.append(pos[keep])
+        reached[todo] = pos[np.cumsum(n) - 1]
+        todo = todo[reached[todo] < s_end[todo]]
+        first = False
+    user = np.concatenate(users) if users else np.empty(0, np.int64)
+    s = np.concatenate(points) if points else np.empty(0)
+    # back to clock time
+    linear = s <= s_b[user]
+    x = np.where(linear, 0.0, (s - s_b[user]) / np.maximum(r[user] * g_b[user] * tau[user], 1e-300))
+    after = b[user] - tau[user] * np.log1p(-np.minimum(x, 1.0 - 1e-12))
+    start = np.where(linear, active_from[user] + s / np.maximum(r[user], 1e-300), after)
+    return user, start
+
+
 def generate(cfg: SynthConfig) -> SynthResult:
     """Generate the storefront log described in the module docstring (deterministic by seed)."""
     rng = np.random.default_rng(cfg.seed)
@@ -232,9 +424,7 @@ def generate(cfg: SynthConfig) -> SynthResult:
     # --- customers ---------------------------------------------------------------------------
     seg_names = list(SEGMENTS)
     seg_share = np.array([SEGMENTS[s][0] for s in seg_names])
-    seg_visit, seg_buy, seg_lapse = (
-        np.array([SEGMENTS[s][k] for s in seg_names]) for k in (1, 2, 3)
-    )
+    seg_visit, seg_buy = (np.array([SEGMENTS[s][k] for s in seg_names]) for k in (1, 2))
     segment = rng.choice(len(seg_names), size=n_users, p=seg_share / seg_share.sum())
     is_new = rng.random(n_users) < cfg.new_customer_share
     signup = np.where(
@@ -243,10 +433,8 @@ def generate(cfg: SynthConfig) -> SynthResult:
         -rng.uniform(1.0, 365.0, n_users) * _DAY,
     )
     active_from = np.maximum(signup, 0.0)
-    hazard = cfg.lapse_rate * seg_lapse[segment]
-    with np.errstate(divide="ignore"):
-        lifetime_days = np.where(hazard > 0, rng.exponential(1.0, n_users) / hazard, np.inf)
-    lapse = active_from + lifetime_days * _DAY
+    tau = cfg.decline_tau_days * _DAY * np.exp(rng.normal(0.0, 0.3, n_users))
+    onset, lapse = _engagement_clock(cfg, rng, segment, signup, tau)
     active_to = np.minimum(lapse, horizon)
     active_len = np.maximum(active_to - active_from, 0.0)
     visit_rate = cfg.visits_per_week / 7.0 * seg_visit[segment] * rng.gamma(2.0, 0.5, n_users)
@@ -256,11 +444,10 @@ def generate(cfg: SynthConfig) -> SynthResult:
     staple = _draw_in_category(rng, cat, favourite)
     cycle = cfg.replenish_cycle_days * _DAY * np.exp(rng.normal(0.0, 0.25, n_users))
     phase = rng.random(n_users)
+    dips = _dips(cfg, rng, active_from, active_len)
 
-    # --- sessions: browse (Poisson), replenish (cyclic), anonymous ------------------------------
-    n_browse = rng.poisson(visit_rate * active_len / _DAY)
-    b_user, _ = _segment_ranges(n_browse)
-    b_start = active_from[b_user] + rng.random(b_user.shape[0]) * active_len[b_user]
+    # --- sessions: browse (a personal rhythm), replenish (cyclic), anonymous -------------------
+    b_user, b_start = _browse_visits(cfg, rng, visit_rate, active_from, active_to, onset, tau)
 
     n_rep = np.where(
         has_staple, np.floor(np.maximum(active_len / cycle - phase, -1.0)) + 1, 0
@@ -270,21 +457,31 @@ def generate(cfg: SynthConfig) -> SynthResult:
     r_start = active_from[r_user] + (phase[r_user] + r_rank) * r_cycle
     r_start = r_start + rng.normal(0.0, 0.08, r_user.shape[0]) * r_cycle
 
-    n_registered = b_user.shape[0] + r_user.shape[0]
+    u_user = np.concatenate([b_user, r_user])
+    u_start = np.concatenate([b_start, r_start])
+    u_replenish = np.concatenate([np.zeros(b_user.shape[0], bool), np.ones(r_user.shape[0], bool)])
+    u_decline = _decline(u_user, u_start, onset, tau)
+    u_dip = _dip_factor(u_user, u_start, dips)
+    u_eng = u_decline * u_dip
+    # a dip skips visits; disengagement already slowed the browse rhythm down and skips
+    # replenishment visits (purchases space out)
+    u_keep = rng.random(u_user.shape[0]) < np.where(u_replenish, u_eng, u_dip)
+
+    n_registered = int(u_keep.sum())
     n_anon = round(n_registered * cfg.anonymous_share / (1.0 - cfg.anonymous_share))
     a_start = rng.random(n_anon) * horizon
 
-    s_user = np.concatenate([b_user, r_user, np.full(n_anon, -1)])
-    s_start = np.concatenate([b_start, r_start, a_start])
-    s_replenish = np.concatenate(
-        [np.zeros(b_user.shape[0], bool), np.ones(r_user.shape[0], bool), np.zeros(n_anon, bool)]
-    )
+    s_user = np.concatenate([u_user[u_keep], np.full(n_anon, -1)])
+    s_start = np.concatenate([u_start[u_keep], a_start])
+    s_replenish = np.concatenate([u_replenish[u_keep], np.zeros(n_anon, bool)])
+    s_eng = np.concatenate([u_eng[u_keep], np.ones(n_anon)])
     n_sessions = s_user.shape[0]
     registered = s_user >= 0
     s_user_safe = np.where(registered, s_user, 0)
 
     # --- views: a Markov walk per session, vectorized across sessions by position --------------
-    length = np.asarray(rng.geometric(1.0 / cfg.mean_session_views, n_sessions))
+    mean_views = cfg.mean_session_views * (0.4 + 0.6 * s_eng)  # shorter when disengaging
+    length = np.asarray(rng.geometric(np.minimum(1.0 / mean_views, 1.0)))
     length = np.where(s_replenish, rng.geometric(0.5, n_sessions), length)
     length = np.minimum(length, cfg.max_session_views)
     v_offset = np.cumsum(length) - length
@@ -328,8 +525,9 @@ def generate(cfg: SynthConfig) -> SynthResult:
 
     # --- funnel: view -> cart (a moment later) -> purchase at checkout or abandonment ----------
     v_user = s_user[v_session]
+    v_eng = s_eng[v_session]
     v_prop = np.where(v_user >= 0, propensity[np.maximum(v_user, 0)], 0.5)
-    p_cart = np.clip(cfg.p_cart * v_prop, 0.0, 0.9)
+    p_cart = np.clip(cfg.p_cart * v_prop * np.sqrt(v_eng), 0.0, 0.9)
     is_staple_view = s_replenish[v_session] & (elapsed == 0.0)
     p_cart = np.where(is_staple_view, 0.95, p_cart)
     carted = rng.random(n_views) < p_cart
@@ -337,7 +535,7 @@ def generate(cfg: SynthConfig) -> SynthResult:
     c_session = v_session[c_idx]
     c_time = v_time[c_idx] + dwell[c_idx] * rng.uniform(0.2, 0.8, c_idx.shape[0])
     c_qty = rng.geometric(0.8, c_idx.shape[0])
-    p_buy = np.where(is_staple_view[c_idx], 0.9, cfg.p_purchase)
+    p_buy = np.where(is_staple_view[c_idx], 0.9, cfg.p_purchase) * (0.5 + 0.5 * v_eng[c_idx])
     bought = rng.random(c_idx.shape[0]) < p_buy
     last_view_end = view_end[v_offset + length - 1]
     checkout = last_view_end + rng.uniform(20.0, 180.0, n_sessions)
@@ -401,6 +599,8 @@ def generate(cfg: SynthConfig) -> SynthResult:
         seg_names=seg_names,
         signup=signup,
         lapse=lapse,
+        onset=onset,
+        tau=tau,
         visit_rate=visit_rate,
         purchase_rate=_purchase_rate(cfg, visit_rate, propensity, has_staple, cycle),
         favourite=favourite,
@@ -422,6 +622,56 @@ def _purchase_rate(
     views = min(cfg.mean_session_views, cfg.max_session_views)
     browse = visit_rate * views * np.clip(cfg.p_cart * propensity, 0, 0.9) * cfg.p_purchase
     return browse + np.where(has_staple, 0.95 * 0.9 * _DAY / cycle, 0.0)
+
+
+def lapse_probability(
+    customers: pl.DataFrame, at: datetime, horizon_days: float, cfg: SynthConfig
+) -> np.ndarray:
+    """The true probability that each customer lapses in ``(at, at + horizon_days]``, given
+    the latent state at ``at`` (what an oracle that sees engagement could say; no model can do
+    better on average). NaN for customers not yet signed up or already lapsed at ``at``.
+
+    ``customers`` is :attr:`SynthResult.customers` of a log generated with ``cfg``. A customer
+    disengaging at ``at`` (``decline_start <= at``, ``d`` days in) lapses in the horizon with
+    ``1 - exp(-(L(d + H) - L(d)))``, ``L`` the cumulative lapse hazard of the phase; a healthy
+    one needs an onset in the horizon (daily hazard ``lapse_rate`` x segment factor) followed
+    by a lapse before its end (at once for an abrupt lapse).
+    """
+    at_us = int(at.astimezone(UTC).timestamp() * 1_000_000)
+
+    def offset_days(col: str) -> np.ndarray:
+        values = customers.get_column(col).cast(pl.Int64).to_numpy().astype(np.float64)
+        return np.asarray((values - at_us) / (_DAY * 1e6))  # NaN where null
+
+    tau = customers.get_column("decline_tau_days").to_numpy().astype(np.float64)
+    signup = offset_days("signup_time")
+    lapse = offset_days("lapse_time")
+    onset = offset_days("decline_start")
+    factor = customers.get_column("segment").replace_strict(
+        {k: v[3] for k, v in SEGMENTS.items()}, return_dtype=pl.Float64
+    )
+    hazard = cfg.lapse_rate * factor.to_numpy()
+    h = float(horizon_days)
+    # disengaging at `at`
+    d = -np.where(onset <= 0, onset, 0.0)
+    declining = 1.0 - np.exp(
+        -(_cumulative_hazard(cfg, d + h, tau) - _cumulative_hazard(cfg, d, tau))
+    )
+    alive = (signup <= 0) & ~(lapse <= 0)  # signed up by `at`, not lapsed (NaN: never)
+    prob = np.where(alive, declining, np.nan)
+    # healthy at `at`: onset after u days (density hazard * exp(-hazard u)), then a lapse
+    # within h - u days; midpoint rule over the horizon, in blocks of customers (memory)
+    steps = 400
+    u = (np.arange(steps) + 0.5) * h / steps
+    rest = h - u[None, :]
+    todo = np.flatnonzero(alive & ~(onset <= 0))
+    for block in np.array_split(todo, max(1, todo.shape[0] // 20_000)):
+        p_lapse = cfg.abrupt_lapse_share + (1.0 - cfg.abrupt_lapse_share) * -np.expm1(
+            -_cumulative_hazard(cfg, rest, tau[block, None])
+        )
+        density = hazard[block, None] * np.exp(-hazard[block, None] * u[None, :])
+        prob[block] = (density * p_lapse).sum(axis=1) * h / steps
+    return np.asarray(prob)
 
 
 def _item_labels(cfg: SynthConfig) -> np.ndarray:
@@ -493,6 +743,8 @@ def _customers_frame(
     seg_names: list[str],
     signup: np.ndarray,
     lapse: np.ndarray,
+    onset: np.ndarray,
+    tau: np.ndarray,
     visit_rate: np.ndarray,
     purchase_rate: np.ndarray,
     favourite: np.ndarray,
@@ -500,10 +752,18 @@ def _customers_frame(
     cycle: np.ndarray,
     events: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Ground truth per registered customer, plus what the log shows of them."""
+    """Ground truth per registered customer, plus what the log shows of them.
+
+    ``lapse_time`` (null: still a customer at the horizon end) and ``decline_start`` (the
+    disengagement onset; null when after the horizon end; equal to ``lapse_time`` for an
+    abrupt lapse) are latent truth, never visible in the log; ``visit_rate`` and
+    ``purchase_rate`` are the healthy (engagement 1) rates per day.
+    """
     start_us = int(cfg.start.timestamp() * 1_000_000)
     lapsed = lapse < cfg.days * _DAY
     lapse_us = start_us + np.round(np.where(lapsed, lapse, 0.0) * 1e6).astype(np.int64)
+    onset_seen = onset < cfg.days * _DAY
+    onset_us = start_us + np.round(np.where(onset_seen, onset, 0.0) * 1e6).astype(np.int64)
     item_ids = _id_table("P", cfg.n_items).gather(pl.Series(_item_labels(cfg)))
     truth = (
         pl.DataFrame(
@@ -515,6 +775,9 @@ def _customers_frame(
                 ),
                 pl.Series("lapse_time", lapse_us).cast(schema.UTC_TIMESTAMP),
                 pl.Series("_lapsed", lapsed),
+                pl.Series("decline_start", onset_us).cast(schema.UTC_TIMESTAMP),
+                pl.Series("_declined", onset_seen),
+                pl.Series("decline_tau_days", tau / _DAY),
                 pl.Series("visit_rate", visit_rate),
                 pl.Series("purchase_rate", purchase_rate),
                 _gather(_id_table("cat", cat.cat_cdf.shape[0]), favourite, "favourite_category"),
@@ -526,9 +789,13 @@ def _customers_frame(
             pl.when(pl.col("_lapsed"))
             .then(pl.col("lapse_time"))
             .otherwise(None)
-            .alias("lapse_time")
+            .alias("lapse_time"),
+            pl.when(pl.col("_declined"))
+            .then(pl.col("decline_start"))
+            .otherwise(None)
+            .alias("decline_start"),
         )
-        .drop("_lapsed")
+        .drop("_lapsed", "_declined")
     )
     seen = (
         events.filter(pl.col(schema.USER_ID).is_not_null())
