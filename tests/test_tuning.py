@@ -225,3 +225,44 @@ def test_churn_configs_are_tuned_like_recommenders(tiny_dataset: Path, tmp_path:
     exported = yaml.safe_load(result.best_config_path.read_text())
     assert exported["task"] == "churn"
     assert exported["net"]["dropout"] == result.best_params["net.dropout"]
+
+
+def test_diginetica_search_tunes_on_a_validation_window_cut_from_train() -> None:
+    """The shipped Diginetica search reads val/ metrics of a window cut from train, never test."""
+    from shoprec.config import load_config
+    from shoprec.data.config import DataConfig
+
+    search = load_search(REPO_ROOT / "configs" / "search" / "diginetica_gru4rec.yaml")
+    assert search.metric.startswith("val/")
+    experiment = load_experiment(REPO_ROOT / search.experiment)
+    assert not experiment.evaluation.enabled
+    assert experiment.data.preset is not None
+    preset = load_config(DataConfig, REPO_ROOT / experiment.data.preset)
+    assert preset.split.kind == "last_days"
+    assert preset.split.valid_days > 0 and preset.split.test_days == 0
+    assert preset.test_input is None and preset.input is not None
+    assert preset.input.endswith("diginetica_srgnn/train.parquet")  # the train part only
+
+
+def test_a_validation_window_cut_from_a_prepared_train_part(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """The diginetica_srgnn_valid preset on any prepared train part: the last sessions become
+    validation cases, nothing is test, and every validation event follows every train event."""
+    import polars as pl
+
+    from shoprec.config import load_config
+    from shoprec.data.config import DataConfig
+    from shoprec.data.prepare import prepare
+
+    preset = REPO_ROOT / "configs" / "data" / "diginetica_srgnn_valid.yaml"
+    cfg = load_config(DataConfig, preset, ["split.valid_days=3"])
+    out = tmp_path / "valid"
+    manifest = prepare(cfg, out, input_path=str(tiny_dataset / "train.parquet"))
+    assert manifest["valid"]["cases"] > 0 and manifest["test"]["cases"] == 0
+    assert [s["role"] for s in manifest["sources"]] == ["input"]
+    train = pl.read_parquet(out / "train.parquet")
+    valid = pl.read_parquet(out / "valid.parquet")
+    assert train["timestamp"].max() < valid["timestamp"].min()
+    source = pl.read_parquet(tiny_dataset / "train.parquet")
+    assert set(valid["session_id"]) <= set(source["session_id"])
