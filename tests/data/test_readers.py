@@ -260,3 +260,46 @@ def test_crlf_csv_values_have_no_carriage_returns(tmp_path: Path) -> None:
         ("a", "1", "100", 2),
         ("b", "2", "200", 3),
     ]
+
+
+def test_plain_csv_fast_path_reads_like_the_line_split(tmp_path: Path) -> None:
+    """A file whose separator count proves its shape goes through Polars' CSV parser; the
+    rows, values (an empty field is missing either way) and line numbers are the line split's."""
+    path = tmp_path / "plain.csv"
+    path.write_text("u,i,t\na,1,100\n,2,200\nc, 3 ,300\n", encoding="utf-8")
+    src = read_events(_csv_config(), path)
+    assert src.fallback is not None  # the fast reader was chosen
+    fast = src.frame.collect()
+    exact = src.fallback().frame.collect()
+    assert fast.columns == exact.columns
+    blank = pl.col("u").replace("", None)
+    assert fast.rows() == exact.with_columns(blank).rows()
+    assert fast.select(schema.SOURCE_LINE).to_series().to_list() == [2, 3, 4]
+
+
+def test_balanced_ragged_lines_fall_back_to_the_line_split(tmp_path: Path) -> None:
+    """One line too long and one too short keep the separator count right: Polars' parser
+    fails on the long one and validation re-reads the file line by line."""
+    from shoprec.data.validate import validate
+
+    path = tmp_path / "ragged.csv"
+    # "z" is read by no preset column: Polars' parser only sees the extra field when it
+    # parses every column, which validation makes it do
+    path.write_text("u,i,t,z\na,1,1700000000,z,x\nb,2,1700000100\nc,3,1700000300,z\n")
+    cfg = _csv_config()
+    src = read_events(cfg, path)
+    assert src.fallback is not None
+    result = validate(src, cfg)
+    assert result.rows_read == 3 and result.rows_accepted == 1
+    assert result.quarantine.get_column(schema.SOURCE_LINE).to_list() == [2, 3]
+    assert set(result.reasons) == {"wrong number of fields (expected 4)"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"u,i,t\na,1,100\n\nc,3,300\n", b"\xef\xbb\xbfu,i,t\na,1,100\n", b"u,i,t\na,1\r,100\n"],
+)
+def test_unproven_plain_csv_keeps_the_line_split(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(data)
+    assert read_events(_csv_config(), path).fallback is None

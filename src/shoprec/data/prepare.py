@@ -36,6 +36,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -55,6 +57,7 @@ from shoprec.data.sessions import (
     RANK,
     apply_filters,
     filter_sessions_and_items,
+    session_codes,
     sessionize,
     sessionize_partitioned,
 )
@@ -70,6 +73,7 @@ from shoprec.errors import DataError
 
 __all__ = ["prepare"]
 
+_COMPRESSION: Final = "snappy"  # of the prepared parquet files (see :func:`_write`)
 _CHAIN: Final = "__shoprec_chain"
 _CASE_ROW: Final = "__shoprec_case"
 _POS: Final = "__shoprec_pos"
@@ -154,12 +158,61 @@ def _prepare_events(
     manifest = _row_counts(results)
     manifest["sources"] = sources
     manifest["synthetic_timestamps"] = False
-    manifest.update(_accepted_stats(results))
+    with _Background() as background:
+        _prepare_accepted(config, output, results, manifest, background)
+    return manifest
+
+
+class _Background:
+    """Side work (statistics, parquet writes) in a second thread, next to the main steps.
+
+    Much of the pipeline is single-threaded inside Polars (and Polars releases the GIL), so
+    on a 2-core machine the second core is idle for long stretches; each task here only
+    reads frames nobody modifies. Leaving the block waits for every task and re-raises the
+    first failure.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shoprec-prepare")
+        self._tasks: list[Future[Any]] = []
+
+    def __enter__(self) -> _Background:
+        return self
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        task = self._pool.submit(fn, *args)
+        self._tasks.append(task)
+        return task
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for task in self._tasks:
+                if exc[0] is None:
+                    task.result()
+                else:
+                    task.cancel()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _prepare_accepted(
+    config: DataConfig,
+    output: Path,
+    results: list[ValidationResult],
+    manifest: dict[str, Any],
+    background: _Background,
+) -> None:
+    """``_prepare_events`` from the validated rows on: sessionize, filter, split, write."""
+    checked = results[0]
+    test_checked = results[1] if len(results) > 1 else None
+    accepted_stats = background.submit(_accepted_stats, results)
 
     # hand the rows over to the lazy plan and drop every other reference, so the validated
-    # copy is freed as soon as the filters have collected their own
+    # copy is freed as soon as the filters have collected their own (the statistics task
+    # holds the frames until it is done, a fraction of sessionize's time)
     events = sessionize(checked.accepted.lazy(), config.sessions)
     checked.accepted = checked.accepted.clear()
+    manifest.update(accepted_stats.result())
     filtered, filter_report = apply_filters(events, config.filters)
     del events
     manifest["filters"] = filter_report
@@ -185,6 +238,8 @@ def _prepare_events(
 
     items = fit_item_index(train)
     train, _ = apply_item_index(train, items)
+    background.submit(_write, train, output / dataset.TRAIN)  # while valid/test are built
+    background.submit(_write, items, output / dataset.ITEMS)
     has_test = config.split.kind != "none"
     min_len = config.split.min_test_session_length
     manifest["unseen_dropped"] = {}
@@ -207,11 +262,11 @@ def _prepare_events(
         }
         out_parts[name] = kept
         cases[name] = build_cases(kept, min_len)
+        background.submit(_write, kept, output / f"{name}.parquet")
+        background.submit(_write, cases[name], output / f"{name}_cases.parquet")
 
-    _write_parts(output, out_parts, items, cases)
     manifest["split"] = split_report
     manifest.update(_part_stats(out_parts, cases, items))
-    return manifest
 
 
 _SPILL: Final = ".prepare-spill"
@@ -350,19 +405,23 @@ def _prepare_events_streaming(
 
 def _sink(frame: pl.LazyFrame, output: Path, name: str) -> None:
     """Stream a part to ``output/<name>.parquet`` (the compression of :func:`_write`)."""
-    frame.sink_parquet(output / f"{name}.parquet", compression="zstd", compression_level=1)
+    frame.sink_parquet(output / f"{name}.parquet", compression=_COMPRESSION)
 
 
 def _drop_short_sessions(events: pl.DataFrame, min_len: int) -> tuple[pl.DataFrame, int, int]:
     """Evaluation sessions need a prefix and a target: drop those shorter than ``min_len``."""
     if min_len <= 1 or events.height == 0:
         return events, 0, 0
-    long_enough = pl.len().over(schema.SESSION_ID) >= min_len
+    # integer session codes (a linear scan when sessions are contiguous, as here) instead of
+    # grouping the string ids three times
+    codes = session_codes(events)
+    lengths = codes.to_frame("s").select(pl.len().over("s")).to_series()
+    long_enough = lengths >= min_len
+    if long_enough.all():
+        return events, 0, 0
     kept = events.filter(long_enough)
     dropped = events.height - kept.height
-    sessions = events.get_column(schema.SESSION_ID).n_unique() - (
-        kept.get_column(schema.SESSION_ID).n_unique()
-    )
+    sessions = codes.n_unique() - codes.filter(long_enough).n_unique()
     return kept, sessions, dropped
 
 
@@ -648,8 +707,10 @@ def _write_parts(
 
 
 def _write(frame: pl.DataFrame, path: Path) -> None:
-    """zstd level 1: about half the CPU of the default level for a few percent more bytes."""
-    frame.write_parquet(path, compression="zstd", compression_level=1)
+    """Snappy: the prepared parts are written once per prepare and read locally; it costs
+    about a quarter less CPU than zstd level 1 (10M-event run: 1.7 vs 2.3 CPU s for all
+    parts) for about 40 % more bytes, and every Parquet reader supports it."""
+    frame.write_parquet(path, compression=_COMPRESSION)
 
 
 def _part_stats(

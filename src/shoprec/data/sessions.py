@@ -80,20 +80,38 @@ def sessionize(events: pl.LazyFrame, cfg: SessionConfig) -> pl.LazyFrame:
             schema.TIMESTAMP: df.get_column(schema.TIMESTAMP).rechunk(),
         }
     )
-    if cfg.remove_consecutive_repeats:
-        keys = keys.with_columns(df.get_column(schema.ITEM_ID).rechunk())
-    # eager on purpose: on 10M rows the same steps as one lazy query cost ~60 % more CPU
-    keys = keys.with_columns(ts.min().over(schema.SESSION_ID).alias(_START))
     if keys.get_column(schema.TIMESTAMP).is_sorted():
-        # an export in time order (the usual case): rows are already in (time, row) order
-        # inside each session, so a stable sort on (start, session) gives the same result
-        # as the four-key sort, for about a quarter less work
-        keys = keys.sort(_START, schema.SESSION_ID, maintain_order=True)
+        # An export in time order (the usual case): a session's first row is its start and
+        # its rows are in (time, row) order already, so grouping the row numbers by session
+        # in order of first appearance lists the sessions by start; only sessions starting
+        # at the same instant still need ordering by id, done on one row per session. One
+        # grouping pass instead of a per-event window and a sort of all events (10M events:
+        # about half the CPU).
+        groups = (
+            keys.group_by(schema.SESSION_ID, maintain_order=True)
+            .agg(ts.first().alias(_START), pl.col(_ROW))
+            .sort(_START, schema.SESSION_ID, maintain_order=True)
+        )
+        perm = groups.get_column(_ROW).explode()
+        del groups
+        if cfg.remove_consecutive_repeats:
+            keys = pl.DataFrame(
+                [
+                    perm,
+                    keys.get_column(schema.SESSION_ID).gather(perm),
+                    df.get_column(schema.ITEM_ID).rechunk().gather(perm),
+                ]
+            )
+            perm = remove_consecutive_repeats(keys.lazy()).collect().get_column(_ROW)
     else:
+        if cfg.remove_consecutive_repeats:
+            keys = keys.with_columns(df.get_column(schema.ITEM_ID).rechunk())
+        # eager on purpose: on 10M rows the same steps as one lazy query cost ~60 % more CPU
+        keys = keys.with_columns(ts.min().over(schema.SESSION_ID).alias(_START))
         keys = keys.sort(_START, schema.SESSION_ID, schema.TIMESTAMP, _ROW)
-    if cfg.remove_consecutive_repeats:
-        keys = remove_consecutive_repeats(keys.lazy()).collect()
-    perm = keys.get_column(_ROW)
+        if cfg.remove_consecutive_repeats:
+            keys = remove_consecutive_repeats(keys.lazy()).collect()
+        perm = keys.get_column(_ROW)
     del keys
     df = df.with_columns(sid)  # the filled ids (the same column when all were given)
     # Column by column, each made contiguous first: a reader's frame often comes in
