@@ -91,3 +91,14 @@ def postgres_url() -> Iterator[str]:
             )
             cur.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """The machine is shared: tiny tensors are fastest (and steady) on one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

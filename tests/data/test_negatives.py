@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
 
 from shoprec.data.negatives import PopularitySampler, item_counts, mixture_log_q
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The machine is shared: tiny tensors are fastest (and steady) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 COUNTS = np.array([0, 1, 4, 9, 100, 30, 0], dtype=np.int64)  # item 6 never seen in train

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -16,14 +15,7 @@ from shoprec.models.base import NextItemModel, left_pad
 from shoprec.models.sasrec import SASRec, SASRecConfig
 from shoprec.training.regimes import SequenceConfig, SequenceModule, pessimistic_ranks
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The machine is shared: tiny tensors are fastest (and steady) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(max_len: int = 8, n_heads: int = 2, dropout: float = 0.0) -> SASRec:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,14 +17,7 @@ from shoprec.training.losses import (
     sampled_softmax_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The machine is shared: tiny tensors are fastest (and steady) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SCORES = [[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]]  # row i's positive is column i
