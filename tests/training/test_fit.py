@@ -97,3 +97,41 @@ def test_bundle_loads_without_lightning(tiny_dataset: Path, tmp_path: Path) -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) == PreparedDataset.open(tiny_dataset).n_items
+
+
+def test_tracking_timer_counts_everything_tracking_does(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RunTracker.seconds`` (the issue's "tracking costs at most 5% of an epoch") counts the
+    client set-up, run start and end, every log call and the figures built only for the run."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from shoprec.tracking import RunTracker, mlflow_key
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = RunTracker("tiny", "timer", tracking_uri=uri)
+    assert tracker.seconds > 0.0  # client set-up counted from the constructor
+    with tracker.timed():
+        time.sleep(0.05)
+    assert tracker.seconds >= 0.05
+    with tracker:
+        fit(_config("gru4rec", tiny_dataset, tmp_path, epochs=1), tracker=tracker)
+        during = tracker.seconds
+    assert tracker.seconds > during  # ending the run is counted too
+    logged = MlflowClient(uri).get_run(tracker.run_id).data.metrics
+    assert 0.0 < logged[mlflow_key("time/tracking_seconds")] <= during
+    # building the figures is tracking work: a slow figure shows up in the timer
+    from shoprec.evaluation import plots
+
+    slow = plots.plot_curves
+
+    def slow_curves(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_curves", slow_curves)
+    with RunTracker("tiny", "timer2", tracking_uri=uri) as second:
+        fit(_config("pop", tiny_dataset, tmp_path), tracker=second)
+    assert second.seconds >= 0.2

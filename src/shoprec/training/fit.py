@@ -374,9 +374,6 @@ def _write_bundle(
 def _track_result(
     tracker: Any, summary: dict[str, Any], bundle_dir: Path, ranks: np.ndarray | None
 ) -> None:
-    import matplotlib.pyplot as plt
-
-    from shoprec.evaluation import plots
     from shoprec.tracking import protocol_fingerprint
 
     tracker.log_metrics(summary["metrics"])
@@ -388,12 +385,22 @@ def _track_result(
         tracker.set_tags({"protocol.fingerprint": protocol_fingerprint(protocol)})
     tracker.log_dict(summary, "metrics.json")
     tracker.log_artifacts(bundle_dir, "bundle")
-    title = f"{summary['name']} ({summary['model']})"
-    figures = {"plots/curves.png": plots.plot_curves(summary["history"], title)}
-    if ranks is not None:
-        figures["plots/hr_at_k.png"] = plots.plot_hr_at_k(ranks, f"{title}: test HR@K")
-        figures["plots/coverage.png"] = plots.plot_coverage(summary["metrics"], title)
+    # the figures exist only for the run: building them (and importing matplotlib) is tracking
+    # cost too, so it counts in ``tracker.seconds``
+    with tracker.timed():
+        import matplotlib.pyplot as plt
+
+        from shoprec.evaluation import plots
+
+        title = f"{summary['name']} ({summary['model']})"
+        figures = {"plots/curves.png": plots.plot_curves(summary["history"], title)}
+        if ranks is not None:
+            figures["plots/hr_at_k.png"] = plots.plot_hr_at_k(ranks, f"{title}: test HR@K")
+            figures["plots/coverage.png"] = plots.plot_coverage(summary["metrics"], title)
     for name, fig in figures.items():
         if fig is not None:
             tracker.log_figure(fig, name)
-            plt.close(fig)
+            with tracker.timed():
+                plt.close(fig)
+    # what tracking has cost this run so far (all but this call and closing the run)
+    tracker.log_metrics({"time/tracking_seconds": tracker.seconds})
