@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from shoprec.data.negatives import PopularitySampler, item_counts, mixture_log_q
+from shoprec.data.negatives import PopularitySampler, gru4rec_log_q, item_counts, log_support
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -81,12 +83,28 @@ def test_item_counts() -> None:
     assert counts.tolist() == [0, 2, 2, 0, 1, 0]
 
 
-def test_mixture_log_q_is_log_expected_column_count() -> None:
-    data_probs = torch.tensor([0.0, 0.5, 0.25, 0.25, 0.0], dtype=torch.float64)
-    sampler = PopularitySampler(np.array([0, 1, 1, 1, 1]), 0.0, n_sample=8)  # uniform 1/4
-    log_q = mixture_log_q(data_probs, sampler, n_inbatch=4)
-    expected = torch.tensor([0.0, 2 + 2, 1 + 2, 1 + 2, 0 + 2]).log()
-    expected[0] = float("-inf")
-    torch.testing.assert_close(log_q, expected.float())
-    only_data = mixture_log_q(data_probs, None, n_inbatch=4)
-    assert only_data[4] == float("-inf")
+def test_log_support() -> None:
+    table = log_support(COUNTS)
+    assert table.dtype == torch.float32 and table.shape == (len(COUNTS),)
+    assert table[0] == float("-inf") and table[6] == float("-inf")
+    torch.testing.assert_close(table[1:6], torch.tensor([1.0, 4.0, 9.0, 100.0, 30.0]).log())
+
+
+def test_gru4rec_log_q_by_hand() -> None:
+    """Official GRU4Rec: in-batch columns log(count), sampled columns alpha * log(count)."""
+    # columns: in-batch targets with counts 4, 1, 9; sampled negatives with counts 4, 9, 100
+    column_counts = torch.tensor([4.0, 1.0, 9.0, 4.0, 9.0, 100.0])
+    got = gru4rec_log_q(column_counts.log(), n_sampled=3, alpha=0.5)
+    expected = [math.log(4), 0.0, math.log(9), math.log(2), math.log(3), math.log(10)]
+    torch.testing.assert_close(got, torch.tensor(expected))
+    # the same item (count 4 / 9) gets different weights as a target and as a sample
+    assert got[0] != got[3] and got[2] != got[4]
+    # alpha 0 (uniform samples): sampled columns 0, also for an item without support (0**0 = 1)
+    with_unseen = torch.tensor([4.0, 1.0, 0.0, 9.0]).log()
+    uniform = gru4rec_log_q(with_unseen, n_sampled=2, alpha=0.0)
+    torch.testing.assert_close(uniform, torch.tensor([math.log(4), 0.0, 0.0, 0.0]))
+    # alpha 1: every column log(count); no samples: all columns in-batch
+    torch.testing.assert_close(gru4rec_log_q(column_counts.log(), 3, 1.0), column_counts.log())
+    torch.testing.assert_close(gru4rec_log_q(column_counts.log(), 0, 0.5), column_counts.log())
+    with pytest.raises(ValueError):
+        gru4rec_log_q(column_counts.log(), 7, 0.5)

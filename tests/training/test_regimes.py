@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping
 
 from shoprec import schema
@@ -19,6 +20,7 @@ from shoprec.data.dataset import PreparedDataset
 from shoprec.data.session_parallel import SessionParallelBatch
 from shoprec.models.gru4rec import GRU4RecConfig
 from shoprec.models.sasrec import SASRecConfig
+from shoprec.training.losses import bpr_max_loss, cross_entropy_logq_loss
 from shoprec.training.regimes import (
     REGIMES,
     AdagradM,
@@ -30,6 +32,7 @@ from shoprec.training.regimes import (
     SessionParallelModule,
     cases_loader,
     pessimistic_ranks,
+    session_parallel_loader,
 )
 
 N_ITEMS = 30
@@ -222,6 +225,67 @@ def test_carried_state_follows_keep_and_reset() -> None:
     )
     (state,) = module.carry_state(batch)
     assert state.tolist() == [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [10.0, 11.0, 12.0]]
+
+
+# train counts of LOGQ_SESSIONS: item 1 twice, item 2 three times, item 3 four times, item 4 never
+LOGQ_SESSIONS = [[1, 2, 2], [3, 1], [2, 3, 3, 3]]
+LOGQ_COUNTS = {1: 2, 2: 3, 3: 4, 4: 0}
+
+
+@pytest.mark.parametrize(
+    ("alpha", "logq", "n_sample"), [(0.5, 1.0, 3), (0.2, 0.7, 3), (0.0, 1.0, 40)]
+)
+def test_cross_entropy_logq_matches_the_official_correction_by_hand(
+    alpha: float, logq: float, n_sample: int
+) -> None:
+    """Official GRU4Rec ``xe_loss_with_softmax``: ``O - logq * log(cat([P0[targets],
+    P0[samples] ** sample_alpha]))`` with ``P0`` the train counts, on every column (the target
+    one too); checked on the first step of the real loader against plain ``math``."""
+    config = SessionParallelConfig(
+        batch_size=2,
+        n_sample=n_sample,
+        sample_alpha=alpha,
+        sample_chunk=64,
+        loss="cross-entropy",
+        logq=logq,
+    )
+    module = SessionParallelModule(GRU4RecConfig(n_items=4, layers=[3]), config)
+    sessions = [np.array(s) for s in LOGQ_SESSIONS]
+    batch = next(iter(session_parallel_loader(sessions, 4, config)))
+    assert batch.targets.tolist() == [2, 1]  # in-batch columns: the targets, in row order
+    negatives = batch.negatives.tolist()
+    assert len(negatives) == n_sample
+    if alpha == 0:  # uniform samples reach item 4, without train support
+        assert 4 in negatives
+    columns = batch.targets.tolist() + negatives
+    scores = [[1.0, 0.5, -0.5, 2.0, 0.0] + [0.1 * k for k in range(n_sample - 3)]]
+    scores.append([0.3, -1.0, 1.5, 0.2, 0.7] + [-0.05 * k for k in range(n_sample - 3)])
+    weights = [math.log(LOGQ_COUNTS[j]) for j in columns[:2]]  # log(count): 2 -> 3, 1 -> 2
+    weights += [math.log(LOGQ_COUNTS[j] ** alpha) for j in negatives]  # 0**0 = 1: log 0
+    expected = 0.0
+    for i, row in enumerate(scores):
+        adjusted = [r - logq * w for r, w in zip(row, weights, strict=True)]
+        lse = math.log(sum(math.exp(a) for a in adjusted))
+        expected += (lse - adjusted[i]) / len(scores)
+    got = module.loss(torch.tensor(scores), batch)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_cross_entropy_without_logq_and_bpr_max_ignore_counts() -> None:
+    """No logQ table (logq 0, or BPR-max): the loss is the plain one on the raw scores."""
+    sessions = [np.array(s) for s in LOGQ_SESSIONS]
+    scores = torch.tensor([[1.0, 0.5, -0.5, 2.0, 0.0], [0.3, -1.0, 1.5, 0.2, 0.7]])
+    cases = [("cross-entropy", 0.0), ("bpr-max", 0.0), ("bpr-max", 1.0)]
+    for loss, logq in cases:
+        config = SessionParallelConfig(batch_size=2, n_sample=3, loss=loss, logq=logq)
+        module = SessionParallelModule(GRU4RecConfig(n_items=4, layers=[3]), config)
+        batch = next(iter(session_parallel_loader(sessions, 4, config)))
+        assert batch.column_log_q.numel() == 0
+        if loss == "cross-entropy":
+            plain = cross_entropy_logq_loss(scores)
+        else:
+            plain = bpr_max_loss(F.elu(scores, config.elu_param), config.bpreg)
+        assert torch.equal(module.loss(scores, batch), plain)
 
 
 def test_pessimistic_ranks_count_ties_against_the_target() -> None:

@@ -8,8 +8,9 @@ implementation caches ``sample_cache_max_size`` samples and binary-searches a cu
 distribution. :class:`PopularitySampler` does the same with ``torch.searchsorted``.
 
 It also exposes the sampling distribution (``probs`` / ``log_probs``) so a loss can apply the
-logQ correction (Bengio & Senécal 2008; Yi et al., RecSys 2019), and :func:`mixture_log_q` for
-GRU4Rec's mixed proposal (in-batch targets + popularity^alpha samples).
+logQ correction (Bengio & Senécal 2008; Yi et al., RecSys 2019), and :func:`gru4rec_log_q` for
+GRU4Rec's per-column correction (in-batch targets by ``log supp``, the extra popularity^alpha
+samples by ``alpha * log supp``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["PopularitySampler", "item_counts", "mixture_log_q"]
+__all__ = ["PopularitySampler", "gru4rec_log_q", "item_counts", "log_support"]
 
 
 def item_counts(sessions: list[np.ndarray], n_items: int) -> np.ndarray:
@@ -97,18 +98,37 @@ class PopularitySampler:
         return out
 
 
-def mixture_log_q(
-    data_probs: torch.Tensor, sampler: PopularitySampler | None, n_inbatch: int
-) -> torch.Tensor:
-    """Log expected count of each item among GRU4Rec's output columns, per item ``(n_items+1,)``.
+def log_support(counts: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``log supp(i)`` of every item index (float32 ``(n_items+1,)``, ``-inf`` where 0).
 
-    The columns of a GRU4Rec mini-batch are ``n_inbatch`` targets (drawn from the data
-    distribution ``data_probs``) plus ``sampler.n_sample`` draws from popularity^alpha, so an
-    item's proposal weight is ``n_inbatch * p_data(i) + n_sample * p_alpha(i)``. Subtracting its
-    log is the logQ correction of sampled softmax (Bengio & Senécal 2008); constants cancel in
-    the softmax, so only the relative weights matter.
+    The per-item table that :class:`shoprec.data.session_parallel.SessionParallelDataset`
+    gathers into ``column_log_q`` for :func:`gru4rec_log_q` (float32, as the official ``P0``).
+
+    >>> log_support(np.array([0, 1, 4])).exp().tolist()
+    [0.0, 1.0, 4.0]
     """
-    q = n_inbatch * data_probs.double()
-    if sampler is not None and sampler.n_sample > 0:
-        q = q + sampler.n_sample * sampler.probs
-    return q.log().float()  # (n_items+1,); -inf where an item is never a column
+    return torch.as_tensor(np.asarray(counts)).to(torch.float32).log()
+
+
+def gru4rec_log_q(column_log_support: torch.Tensor, n_sampled: int, alpha: float) -> torch.Tensor:
+    """GRU4Rec's logQ weights ``(C,)`` of its output columns ``[in-batch targets, samples]``.
+
+    ``column_log_support (C,)`` is ``log supp(j)`` (train count) of each column; the last
+    ``n_sampled`` columns are the extra shared negatives drawn from ``supp**alpha``, the others
+    the mini-batch targets (which occur in proportion to ``supp``). As the official
+    ``xe_loss_with_softmax`` (hidasib/GRU4Rec_PyTorch_Official, ``gru4rec_pytorch.py``):
+    ``O - logq * log(cat([P0[Y[:M]], P0[Y[M:]] ** sample_alpha]))`` with ``P0`` the item
+    counts, i.e. ``log supp(j)`` for an in-batch column and ``alpha * log supp(j)`` for a
+    sampled one (``0`` when ``alpha = 0``, also for an item without support, as ``0**0 = 1``).
+    The target column of a row is one of the in-batch columns, so it is corrected too.
+
+    >>> q = gru4rec_log_q(torch.tensor([4.0, 1.0, 4.0, 9.0]).log(), n_sampled=2, alpha=0.5)
+    >>> [round(v, 4) for v in q.exp().tolist()]
+    [4.0, 1.0, 2.0, 3.0]
+    """
+    n_inbatch = column_log_support.shape[0] - n_sampled
+    if n_sampled < 0 or n_inbatch < 0:
+        raise ValueError(f"n_sampled={n_sampled} outside 0..{column_log_support.shape[0]}")
+    sampled = column_log_support[n_inbatch:]  # (S,)
+    sampled = sampled * alpha if alpha != 0 else torch.zeros_like(sampled)
+    return torch.cat([column_log_support[:n_inbatch], sampled])  # (C,)

@@ -39,7 +39,7 @@ class SessionParallelBatch(NamedTuple):
     reset: torch.Tensor  # (B,) bool: the slot's session starts at this step -> zero its state
     keep: torch.Tensor | None  # (B_prev,) bool: previous slots still present; None = all
     negatives: torch.Tensor  # (S,) extra shared negatives, S = n_sample (empty without sampler)
-    column_log_q: torch.Tensor  # (B + S,) log proposal weight of [targets, negatives] or empty
+    column_log_q: torch.Tensor  # (B + S,) log training count of [targets, negatives] or empty
 
 
 def pack_sessions(sessions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +126,9 @@ class SessionParallelDataset(IterableDataset[SessionParallelBatch]):
     Each ``iter()`` is one epoch. With ``shuffle`` the session order is permuted per epoch
     from ``seed + epoch`` (deterministic); without it sessions start in stored order. When a
     ``sampler`` is given, each step carries ``sampler.n_sample`` shared negatives; with a
-    ``log_q_table (n_items+1,)`` each step carries the log proposal weight of its columns
-    ``[targets, negatives]`` (for the logQ correction, see ``negatives.mixture_log_q``).
+    ``log_q_table (n_items+1,)`` (``negatives.log_support``) each step carries the log training
+    count of its columns ``[targets, negatives]``; the loss turns it into the official GRU4Rec
+    logQ correction (``negatives.gru4rec_log_q``).
     """
 
     def __init__(

@@ -155,8 +155,7 @@ class ShardedSessionParallel(IterableDataset[ShardStep]):
     to its previous rows). ``negatives`` become the other processes' targets followed by the
     shared sampled negatives (the same on every process: same sampler seed, one draw per
     global step), and ``column_log_q`` is reordered alike, so a row has the columns it has in
-    one process, in another order. (The logQ table of this stream is built for ``world * b``
-    in-batch columns.) Every process yields one :class:`ShardStep` per global step.
+    one process, in another order. Every process yields one :class:`ShardStep` per global step.
 
     >>> import numpy as np
     >>> from shoprec.data.session_parallel import SessionParallelDataset

@@ -34,7 +34,9 @@ def cross_entropy_logq_loss(
 
     With ``logq > 0`` the logits are corrected to ``r_ij - logq * log Q(j)`` where ``log_q``
     ``(C,)`` is the log proposal weight of column ``j`` (logQ correction of sampled softmax,
-    Bengio & Senécal 2008; used by GRU4Rec since v2.x, Hidasi & Czapp, RecSys 2023).
+    Bengio & Senécal 2008; used by GRU4Rec since v2.x, Hidasi & Czapp, RecSys 2023, whose
+    per-column weights are :func:`shoprec.data.negatives.gru4rec_log_q`). Every column is
+    corrected, the positive (diagonal) one included.
 
     >>> round(float(cross_entropy_logq_loss(torch.zeros(2, 4))), 4)  # log(4)
     1.3863

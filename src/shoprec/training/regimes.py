@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from shoprec import schema
 from shoprec.config import StrictModel
 from shoprec.data.dataset import VALID_CASES, PreparedDataset
-from shoprec.data.negatives import PopularitySampler, item_counts, mixture_log_q
+from shoprec.data.negatives import PopularitySampler, gru4rec_log_q, item_counts, log_support
 from shoprec.data.sequences import (
     LengthBucketSampler,
     SequenceBatch,
@@ -347,7 +347,11 @@ class SessionParallelModule(_NextItemModule):
             if cfg.elu_param > 0:
                 scores = F.elu(scores, cfg.elu_param)
             return bpr_max_loss(scores, cfg.bpreg)
-        log_q = batch.column_log_q if batch.column_log_q.numel() else None
+        log_q = None
+        if batch.column_log_q.numel():  # log supp of the columns [in-batch targets, samples]
+            # the last n_sample columns are the sampled negatives (also under DDP, where the
+            # other processes' targets come first among ``negatives``): official logQ weights
+            log_q = gru4rec_log_q(batch.column_log_q, cfg.n_sample, cfg.sample_alpha)
         return cross_entropy_logq_loss(scores, log_q, cfg.logq)
 
     def training_step(
@@ -428,10 +432,9 @@ def session_parallel_loader(
         sampler = PopularitySampler(
             counts, config.sample_alpha, config.n_sample, config.sample_chunk, seed=config.seed
         )
-    log_q_table = None
+    log_q_table = None  # log supp per item; the loss turns it into per-column logQ weights
     if config.loss == "cross-entropy" and config.logq > 0:
-        data_probs = torch.as_tensor(counts, dtype=torch.float64) / max(1, int(counts.sum()))
-        log_q_table = mixture_log_q(data_probs, sampler, config.batch_size * world)
+        log_q_table = log_support(counts)
     ds = SessionParallelDataset(
         sessions,
         config.batch_size * world,
