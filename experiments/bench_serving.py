@@ -2,11 +2,14 @@
 
 What it does, all on this machine and nothing else:
 
-1. builds a Diginetica-sized bundle: a GRU4Rec over 43,097 items (random weights: serving cost
-   does not depend on what the weights learned), Zipf train counts, item and cart neighbours
-   from synthetic Zipf sessions (or uses ``--bundle`` when given a real one);
+1. builds a Diginetica-sized bundle: a GRU4Rec over 43,097 items with 512 units (the official
+   Diginetica paramfile, i.e. what a Diginetica champion looks like; random weights), Zipf
+   train counts, item and cart neighbours from synthetic Zipf sessions; or a V-SKNN
+   (``--model vsknn``), fitted on a prepared dataset's train sessions with ``--data`` (e.g.
+   ``runs/data/diginetica_srgnn``); or uses ``--bundle`` when given a real one. Requests use
+   the bundle's own item ids, Zipf-distributed over its popularity order;
 2. starts ``bentoml serve serving.service:Storefront`` with a fresh sqlite store (once per
-   ``--batching`` mode), seeds it with shoppers' views;
+   ``--batching`` mode and per ``--server-set`` variant), seeds it with shoppers' views;
 3. runs closed-loop load for ``--duration`` seconds per scenario, at each ``--concurrency``, on
    ``GET /livez`` (the floor: BentoML's own cheapest route), ``POST /next_items`` and
    ``POST /recently_viewed``, with a minimal keep-alive HTTP/1.1 client (the load generator
@@ -44,8 +47,11 @@ DIGINETICA_ITEMS = 43_097  # items in the usual Diginetica train split (SR-GNN p
 
 
 # --- the bundle --------------------------------------------------------------------------------
-def build_bundle(path: Path, n_items: int, layers: list[int], seed: int) -> Path:
-    """A GRU4Rec bundle over ``n_items`` with Zipf popularity and co-occurrence neighbours."""
+def build_bundle(
+    path: Path, n_items: int, layers: list[int], seed: int, model_name: str = "gru4rec"
+) -> Path:
+    """A GRU4Rec (or V-SKNN) bundle over ``n_items`` with Zipf popularity and co-occurrence
+    neighbours, from synthetic sessions."""
     import polars as pl
     import torch
 
@@ -53,16 +59,21 @@ def build_bundle(path: Path, n_items: int, layers: list[int], seed: int) -> Path
     from shoprec.export import save_bundle
     from shoprec.inference import build_cart_neighbours, build_item_neighbours
     from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
+    from shoprec.models.sknn import VSKNN
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = GRU4Rec(GRU4RecConfig(n_items=n_items, layers=layers)).eval()
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
     popularity /= popularity.sum()
     lengths = rng.geometric(0.2, size=100_000)
     clicks = rng.choice(np.arange(1, n_items + 1), size=int(lengths.sum()), p=popularity)
     sessions = np.split(clicks, np.cumsum(lengths)[:-1])
     counts = np.bincount(clicks, minlength=n_items + 1)[1:]
+    model: Any = (
+        VSKNN.fit(sessions, n_items)
+        if model_name == "vsknn"
+        else GRU4Rec(GRU4RecConfig(n_items=n_items, layers=layers)).eval()
+    )
     aux = build_item_neighbours(sessions, n_items, top_n=50)
     aux.update(build_cart_neighbours([s[:3] for s in sessions[::4]], n_items, top_n=50))
     items = pl.DataFrame(
@@ -73,7 +84,45 @@ def build_bundle(path: Path, n_items: int, layers: list[int], seed: int) -> Path
         },
         schema=schema.ITEMS_SCHEMA,
     )
-    return save_bundle(path, model, items, aux=aux, extra={"note": "bench: random weights"})
+    return save_bundle(path, model, items, aux=aux, extra={"note": "bench: synthetic"})
+
+
+def build_from_data(path: Path, data: Path, model_name: str, layers: list[int], seed: int) -> Path:
+    """A bundle over a prepared dataset's catalogue: V-SKNN fitted on its train sessions (as
+    ``shoprec train`` would), or a GRU4Rec with random weights; neighbours from the sessions."""
+    import torch
+
+    from shoprec.data.dataset import PreparedDataset
+    from shoprec.export import save_bundle
+    from shoprec.inference import build_item_neighbours
+    from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
+    from shoprec.models.sknn import VSKNN
+
+    torch.manual_seed(seed)
+    dataset = PreparedDataset.open(data)
+    sessions = dataset.train_sessions()
+    n_items = dataset.n_items
+    model: Any = (
+        VSKNN.fit(sessions, n_items)
+        if model_name == "vsknn"
+        else GRU4Rec(GRU4RecConfig(n_items=n_items, layers=layers)).eval()
+    )
+    aux = build_item_neighbours(sessions, n_items)  # what shoprec train puts in a bundle
+    return save_bundle(path, model, dataset.items, aux=aux, extra={"note": f"bench: {data}"})
+
+
+def catalogue(bundle: Path) -> list[str]:
+    """The bundle's item ids, most popular first (train count, then index)."""
+    import polars as pl
+
+    from shoprec import schema
+
+    items = pl.read_parquet(bundle / "items.parquet")
+    if schema.ITEM_COUNT in items.columns:
+        items = items.sort([schema.ITEM_COUNT, schema.ITEM_IDX], descending=[True, False])
+    else:
+        items = items.sort(schema.ITEM_IDX)
+    return [str(x) for x in items.get_column(schema.ITEM_ID).to_list()]
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -84,7 +133,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(bundle: Path, work: Path, port: int, overrides: str) -> Any:
+def serve(bundle: Path, work: Path, port: int, overrides: str, log_path: list[Path]) -> Any:
     env = {
         **os.environ,
         "SHOPREC_NEXT_ITEM_BUNDLE": str(bundle),
@@ -95,7 +144,8 @@ def serve(bundle: Path, work: Path, port: int, overrides: str) -> Any:
     }
     for key in ("SHOPREC_API_KEY", "SHOPREC_CHURN_BUNDLE", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(key, None)
-    log = (work / f"server-{port}.log").open("wb")
+    log_path.append(work / f"server-{port}.log")
+    log = log_path[-1].open("wb")
     bentoml = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml), "serve", "serving.service:Storefront", "--host", "127.0.0.1"]
     proc = subprocess.Popen(
@@ -217,11 +267,11 @@ async def load(
 
 
 # --- workload ------------------------------------------------------------------------------------
-def workload(n_items: int, seed: int, n_users: int) -> dict[str, Any]:
-    """Events for ``n_users`` shoppers and request pools for each endpoint (Zipf items)."""
+def workload(ids: list[str], seed: int, n_users: int) -> dict[str, Any]:
+    """Events for ``n_users`` shoppers and request pools for each endpoint: items drawn
+    Zipf(0.9) over ``ids`` (most popular first)."""
     rng = random.Random(seed)
-    weights = [1.0 / (i**0.9) for i in range(1, n_items + 1)]
-    ids = [str(100_000 + i) for i in range(1, n_items + 1)]
+    weights = [1.0 / (i**0.9) for i in range(1, len(ids) + 1)]
     events, next_items, recent = [], [], []
     for u in range(n_users):
         length = rng.randint(2, 20)
@@ -259,9 +309,11 @@ async def seed_store(port: int, events: list[dict[str, Any]]) -> None:
     writer.close()
 
 
-def model_cost(bundle: Path, pools: dict[str, Any], reps: int = 30) -> dict[str, float]:
-    """In-process ms per call of Recommender.next_items_batch for 1 and 8 sessions: what the
-    model costs without HTTP, on the same machine and in the same minute as the load test."""
+def model_cost(bundle: Path, pools: dict[str, Any], reps: int = 200) -> dict[str, Any]:
+    """In-process cost of Recommender.next_items_batch for 1 and 8 sessions (k=10, viewed
+    items excluded, as the endpoint): what the model path costs without HTTP, on the same
+    machine and in the same minute as the load test. Wall and CPU (thread) ms per call,
+    p50/p99 over ``reps`` calls on different sessions."""
     import torch
 
     from shoprec.export import load_bundle
@@ -270,14 +322,27 @@ def model_cost(bundle: Path, pools: dict[str, Any], reps: int = 30) -> dict[str,
     torch.set_num_threads(1)  # as the service (serving/config.yaml: server.torch_threads)
     rec = Recommender(load_bundle(bundle))
     sessions = [json.loads(r.split(b"\r\n\r\n", 1)[1])["items"] for _, r in pools["next_items"]]
-    out = {}
+    out: dict[str, Any] = {"top_k": "bf16 candidates + exact" if rec.dot else "full ranking"}
     for b in (1, 8):
-        batch = sessions[:b]
-        rec.next_items_batch(batch, 10, [set(s) for s in batch])
-        t = time.perf_counter()
-        for _ in range(reps):
-            rec.next_items_batch(batch, 10, [set(s) for s in batch])
-        out[f"batch_{b}_ms"] = round((time.perf_counter() - t) / reps * 1e3, 3)
+        wall, cpu, cands = [], [], []
+        for j in range(reps + 10):
+            batch = [sessions[(j * b + q) % len(sessions)] for q in range(b)]
+            excl = [set(s) for s in batch]
+            c0, t0 = time.thread_time(), time.perf_counter()
+            rec.next_items_batch(batch, 10, excl)
+            if j >= 10:
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.thread_time() - c0)
+                if rec.dot is not None:
+                    cands.append(rec.dot.last_candidates)
+        for name, values in (("wall", wall), ("cpu", cpu)):
+            ms = np.array(values) * 1e3
+            out[f"batch_{b}_{name}_ms"] = {
+                "p50": round(float(np.percentile(ms, 50)), 3),
+                "p99": round(float(np.percentile(ms, 99)), 3),
+            }
+        if cands:
+            out[f"batch_{b}_candidates_p50"] = float(np.percentile(cands, 50))
     return out
 
 
@@ -288,8 +353,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--endpoints", nargs="+", default=["livez", "next_items", "recently_viewed"])
     ap.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on"])
+    ap.add_argument(
+        "--server-set",
+        nargs="+",
+        default=[""],
+        help="serving config overrides, one server per value (e.g. 'server.workers=2'); "
+        "each is run with every --batching mode",
+    )
     ap.add_argument("--items", type=int, default=DIGINETICA_ITEMS)
-    ap.add_argument("--layers", type=int, nargs="+", default=[100], help="GRU4Rec layers")
+    ap.add_argument("--model", choices=["gru4rec", "vsknn"], default="gru4rec")
+    ap.add_argument(
+        "--layers", type=int, nargs="+", default=[512], help="GRU4Rec layers (official: 512)"
+    )
+    ap.add_argument("--data", type=Path, help="build the bundle over this prepared dataset")
     ap.add_argument("--bundle", type=Path, help="a real next-item bundle instead of building one")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load first")
@@ -303,19 +379,37 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="write OUT.json")
     args = ap.parse_args(argv)
 
+    uptime_start = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"uptime at start: {uptime_start}", flush=True)
     with tempfile.TemporaryDirectory(prefix="shoprec-bench-") as tmp:
         work = Path(tmp)
         t = time.perf_counter()
-        bundle = args.bundle or build_bundle(work / "bundle", args.items, args.layers, args.seed)
+        if args.bundle:
+            bundle = args.bundle
+        elif args.data:
+            bundle = build_from_data(work / "bundle", args.data, args.model, args.layers, args.seed)
+        else:
+            bundle = build_bundle(work / "bundle", args.items, args.layers, args.seed, args.model)
         print(f"bundle ready in {time.perf_counter() - t:.1f} s: {bundle}", flush=True)
         meta = json.loads((bundle / "bundle.json").read_text())
-        pools = workload(int(meta["n_items"]), args.seed, args.users)
+        pools = workload(catalogue(bundle), args.seed, args.users)
         cost = model_cost(bundle, pools)
         print(f"in-process model cost: {cost}", flush=True)
         runs = []
-        for mode in args.batching:
+        servers = []
+        variants = [(v, m) for v in args.server_set for m in args.batching]
+        for variant, mode in variants:
             port = free_port()
-            with serve(bundle, work, port, f"batching.enabled={str(mode == 'on').lower()}"):
+            overrides = f"batching.enabled={str(mode == 'on').lower()} {variant}".strip()
+            logs: list[Path] = []
+            with serve(bundle, work, port, overrides, logs):
+                ready = [
+                    line.strip()
+                    for line in logs[0].read_text(errors="replace").splitlines()
+                    if "storefront ready" in line
+                ]
+                servers.append({"overrides": overrides, "ready_log": ready})
+                print(f"server {overrides!r}: {ready}", flush=True)
                 asyncio.run(seed_store(port, pools["events"]))
                 for endpoint in args.endpoints:
                     pool = pools[endpoint]
@@ -331,6 +425,7 @@ def main(argv: list[str] | None = None) -> None:
                             endpoint=endpoint,
                             concurrency=conc,
                             batching=mode,
+                            server_set=variant,
                             loadavg_1m_before=round(load_before, 2),
                             loadavg_1m_after=round(os.getloadavg()[0], 2),
                         )
@@ -339,18 +434,20 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "uptime_at_start": uptime_start,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
         "bundle": {
-            "path": str(args.bundle) if args.bundle else "built",
+            "path": str(args.bundle) if args.bundle else f"built ({args.data or 'synthetic'})",
             "model": meta["model_name"],
             "model_config": meta["model_config"],
             "n_items": meta["n_items"],
         },
         "model_cost_in_process": cost,
+        "servers": servers,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "runs": runs,
     }

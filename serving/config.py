@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -33,6 +34,20 @@ class ServerConfig(StrictModel):
     timeout_s: float = Field(default=10.0, gt=0, le=600)
     max_concurrency: int = Field(default=256, ge=1)
     torch_threads: int = Field(default=1, ge=1, le=64)
+    access_log: bool = True
+    access_log_skip: list[str] = Field(default_factory=list)
+    metrics: bool = True
+
+    def bentoml_options(self) -> dict[str, Any]:
+        """``@bentoml.service`` keyword arguments for these settings."""
+        # BentoML skips these itself; a list given here replaces its default, so keep them.
+        skip = ["/metrics", "/healthz", "/livez", "/readyz", *self.access_log_skip]
+        return {
+            "workers": self.workers,
+            "traffic": {"timeout": self.timeout_s, "max_concurrency": self.max_concurrency},
+            "logging": {"access": {"enabled": self.access_log, "skip_paths": skip}},
+            "metrics": {"enabled": self.metrics},
+        }
 
 
 class LimitsConfig(StrictModel):

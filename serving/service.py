@@ -8,6 +8,9 @@ Run it::
 
     SHOPREC_NEXT_ITEM_BUNDLE=path/to/bundle bentoml serve serving.service:Storefront
 
+A built Bento (``shoprec package``) loads the exact model versions it was built with (the tags
+its ``bento.yaml`` records), never whatever ``next-item:latest`` is by then.
+
 Every endpoint is a POST with a JSON body. A request the service cannot answer because of what
 the client sent gets a 4xx with ``{"error": "..."}`` (BentoML's own validation errors add a
 ``detail`` list); nothing a client sends produces a 5xx. ``/livez``, ``/readyz`` (the store
@@ -18,6 +21,7 @@ answers), ``/metrics`` and ``/docs.json`` come from BentoML.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -68,8 +72,8 @@ CHURN_ENV = "SHOPREC_CHURN_BUNDLE"
 STORE_ENV = "SHOPREC_STORE_URL"
 STATE_ENV = "SHOPREC_STATE_DIR"
 API_KEY_ENV = "SHOPREC_API_KEY"
-BENTO_MODEL = "next-item:latest"
-CHURN_BENTO_MODEL = "churn:latest"
+BENTO_MODEL = "next-item"
+CHURN_BENTO_MODEL = "churn"
 
 IMPORT_CONFIG = load_serving_config()
 
@@ -145,32 +149,74 @@ def _reject(ctx: bentoml.Context, exc: ApiError) -> Any:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
-def _resolve_bundle() -> Path:
-    """The next-item bundle: ``SHOPREC_NEXT_ITEM_BUNDLE``, else the BentoML model store's
-    ``next-item:latest`` (what a packaged Bento carries)."""
+def _running_bento() -> Any:
+    """The Bento this service was loaded from (``bentoml serve TAG``), else None (``bentoml
+    serve serving.service:Storefront`` from a checkout, or in-process tests)."""
+    return getattr(cast(Any, Storefront), "bento", None)
+
+
+def _pinned_tag(name: str) -> str | None:
+    """The exact tag of BentoML model ``name`` recorded in the running Bento (``bento.yaml``,
+    written by ``shoprec package``); None when the Bento records no such model."""
+    bento = _running_bento()
+    for info in bento.info.all_models if bento is not None else []:
+        if info.tag.name == name:
+            return str(info.tag)
+    return None
+
+
+def _model_tag(name: str) -> str | None:
+    """The tag to load: the one the running Bento was built with, so a later ``shoprec
+    package`` (a newer ``name:latest`` in the same model store) never changes what a deployed
+    Bento serves; ``name:latest`` outside a Bento; None inside a Bento that records none."""
+    if _running_bento() is not None:
+        return _pinned_tag(name)
+    return f"{name}:latest"
+
+
+def _resolve_bundle() -> tuple[Path, str]:
+    """The next-item bundle and where it came from: ``SHOPREC_NEXT_ITEM_BUNDLE``, else the
+    BentoML model the running Bento was built with (see :func:`_model_tag`)."""
     if path := os.environ.get(BUNDLE_ENV):
-        return Path(path)
+        return Path(path), f"{BUNDLE_ENV}={path}"
+    tag = _model_tag(BENTO_MODEL) or f"{BENTO_MODEL}:latest"  # an older Bento: no pinned tag
     try:
-        return Path(bentoml.models.get(BENTO_MODEL).path)
+        return Path(bentoml.models.get(tag).path), f"BentoML model {tag}"
     except bentoml.exceptions.NotFound:
         raise ShoprecError(
-            f"no next-item bundle: set {BUNDLE_ENV}=path/to/bundle or import a BentoML model "
-            f"{BENTO_MODEL}"
+            f"no next-item bundle: set {BUNDLE_ENV}=path/to/bundle or import the BentoML "
+            f"model {tag}"
         ) from None
 
 
 def _resolve_churn() -> Path | None:
     """The churn bundle: ``SHOPREC_CHURN_BUNDLE``; else, when the next-item bundle comes from
-    the BentoML model store too (a packaged Bento), the store's ``churn:latest`` if it has one;
-    else none (``/churn_risk`` answers 409)."""
+    the BentoML model store too, the churn model the running Bento was built with (outside a
+    Bento: the store's ``churn:latest`` if it has one); else none (``/churn_risk`` answers 409).
+    A Bento that records a churn model the store does not have fails loudly."""
     if path := os.environ.get(CHURN_ENV):
         return Path(path)
     if os.environ.get(BUNDLE_ENV):
         return None
-    try:
-        return Path(bentoml.models.get(CHURN_BENTO_MODEL).path)
-    except bentoml.exceptions.NotFound:
+    tag = _model_tag(CHURN_BENTO_MODEL)
+    if tag is None:
         return None
+    try:
+        return Path(bentoml.models.get(tag).path)
+    except bentoml.exceptions.NotFound:
+        if _running_bento() is not None:
+            raise ShoprecError(
+                f"the Bento records churn model {tag}, the model store lacks it"
+            ) from None
+        return None
+
+
+def _loop_name() -> str:
+    """The running event loop's class (uvicorn picks uvloop when it is installed)."""
+    try:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+    except RuntimeError:
+        return "none"
 
 
 def _store_url(config: ServingConfig) -> str:
@@ -194,22 +240,17 @@ def _recommendations(recs: list[Recommendation], unknown: list[str]) -> Recommen
 NextItemsJob = tuple[list[str], int, set[str]]
 
 
-@bentoml.service(
-    name="storefront",
-    workers=IMPORT_CONFIG.server.workers,
-    traffic={
-        "timeout": IMPORT_CONFIG.server.timeout_s,
-        "max_concurrency": IMPORT_CONFIG.server.max_concurrency,
-    },
-)
+@bentoml.service(name="storefront", **IMPORT_CONFIG.server.bentoml_options())
 class Storefront:
     """Recently viewed items, next items, cart add-ons and churn risk for one online store."""
 
     def __init__(self) -> None:
+        if logger.level == logging.NOTSET:  # BentoML's root is WARNING: keep the startup line
+            logger.setLevel(logging.INFO)
         self.config = load_serving_config()
         limits = self.config.limits
         torch.set_num_threads(self.config.server.torch_threads)
-        bundle_path = _resolve_bundle()
+        bundle_path, source = _resolve_bundle()
         self.recommender = Recommender(
             load_bundle(bundle_path), max_session_len=limits.model_session_len
         )
@@ -225,12 +266,16 @@ class Storefront:
             else None
         )
         logger.info(
-            "storefront ready: bundle %s (%d items), store %s, churn %s, batching %s",
-            bundle_path,
+            "storefront ready: next-item %s (%s, %d items, top-k %s), store %s, churn %s, "
+            "batching %s, event loop %s",
+            source,
+            self.recommender.model.name,
             self.recommender.n_items,
+            "bf16 candidates + exact rescoring" if self.recommender.dot else "full ranking",
             type(self.store).__name__,
             "on" if self.churn else "off",
             "on" if self.batcher else "off",
+            _loop_name(),
         )
 
     def __is_ready__(self) -> bool:

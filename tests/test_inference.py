@@ -11,6 +11,7 @@ import sys
 import types
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -314,3 +315,107 @@ def test_churn_scorer_adapts_the_churn_frame(
         ("recency_days", 1.2),
         ("n_sessions", None),
     ]
+
+
+# --- fast top-k for dot-product models (DotScorer) ---
+def dot_bundle(model_name: str, n_items: int = 300) -> Bundle:
+    """A GRU4Rec / SASRec over ``n_items`` with random weights, a popularity table and item
+    neighbours, so every part of next_items runs."""
+    from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
+    from shoprec.models.sasrec import SASRec, SASRecConfig
+
+    torch.manual_seed(1)
+    model: Any
+    if model_name == "gru4rec":
+        model = GRU4Rec(GRU4RecConfig(n_items=n_items, layers=[16, 24])).eval()
+        with torch.no_grad():
+            model.item_bias.normal_(0, 0.05)  # a bias makes the test check it is added
+    else:
+        model = SASRec(SASRecConfig(n_items=n_items, max_len=8, hidden=16)).eval()
+    rng = np.random.default_rng(1)
+    sessions = [rng.integers(1, n_items + 1, size=rng.integers(2, 8)) for _ in range(400)]
+    counts = np.bincount(np.concatenate(sessions), minlength=n_items + 1)[1:].tolist()
+    ids_ = [f"i{i}" for i in range(1, n_items + 1)]
+    return Bundle(
+        model=model,
+        items=fakes.items_table(ids_, counts),
+        meta={},
+        path=Path("."),
+        aux=build_item_neighbours(sessions, n_items, top_n=8),
+    )
+
+
+@pytest.mark.parametrize("model_name", ["gru4rec", "sasrec"])
+def test_fast_top_k_gives_the_full_ranking_lists(model_name: str) -> None:
+    b = dot_bundle(model_name)
+    fast, full = Recommender(b), Recommender(b, fast_top_k=False)
+    assert fast.dot is not None and full.dot is None
+    rng = np.random.default_rng(2)
+    sessions = [
+        [f"i{i}" for i in rng.integers(1, 301, size=rng.integers(1, 12))] for _ in range(60)
+    ]
+    for k in (1, 10, 50, 400):  # 400 > the catalogue: every item once, then nothing else
+        for s in sessions[:20]:
+            excl = set(s[:2]) | {"i7", "unknown"}
+            got, want = fast.next_items(s, k, excl), full.next_items(s, k, excl)
+            assert [r.item_id for r in got] == [r.item_id for r in want]
+            assert [r.reason for r in got] == [r.reason for r in want]
+            np.testing.assert_allclose(
+                [r.score for r in got], [r.score for r in want], rtol=1e-5, atol=1e-6
+            )
+    # a batch ranks as one session at a time (scores: up to float32 rounding of the GRU on a
+    # padded batch, as for the full ranking)
+    batch = fast.next_items_batch(sessions, 10, [set(s) for s in sessions])
+    alone = [fast.next_items(s, 10, set(s)) for s in sessions]
+    want = full.next_items_batch(sessions, 10, [set(s) for s in sessions])
+    for got_b, alone_b, want_b in zip(batch, alone, want, strict=True):
+        assert [r.item_id for r in got_b] == [r.item_id for r in alone_b]
+        assert [r.item_id for r in got_b] == [r.item_id for r in want_b]
+        np.testing.assert_allclose(
+            [r.score for r in got_b], [r.score for r in alone_b], rtol=1e-5, atol=1e-6
+        )
+    cart = sessions[0][:3]
+    assert [r.item_id for r in fast.cart_addons(cart, 12)] == [
+        r.item_id for r in full.cart_addons(cart, 12)
+    ]
+
+
+def test_the_coarse_scores_stay_within_their_bound() -> None:
+    from shoprec.inference import DotScorer
+
+    torch.manual_seed(3)
+    for dim, scale in ((8, 1.0), (100, 1e-3), (512, 30.0)):
+        weight = torch.randn(2000, dim) * scale
+        weight[5] *= 1e3  # rows of very different norms
+        bias = torch.randn(2000)
+        v = torch.randn(4, dim) * torch.tensor([[1e-4], [1.0], [10.0], [1e3]])
+        scorer = DotScorer(lambda p, v=v: v[: p.shape[0]], weight, bias)
+        coarse = torch.mm(v.to(torch.bfloat16), scorer.coarse.T).float() + bias
+        exact = (v.double() @ weight.double().T + bias.double()).float()
+        radius = torch.linalg.vector_norm(v, dim=1, keepdim=True) * scorer.slack
+        radius += scorer.bias_slack
+        assert bool(((coarse - exact).abs() <= radius).all())
+        # and the top-k of the scorer is the exact top-k
+        ((idx, _),) = scorer.top(torch.zeros(1, 1, dtype=torch.long), [25], [{3, 4}])
+        row = exact[0].clone()
+        row[[0, 3, 4]] = -torch.inf
+        assert idx.tolist() == row.topk(25).indices.tolist()
+
+
+def test_a_non_finite_session_vector_gets_no_model_items() -> None:
+    from shoprec.inference import DotScorer
+
+    weight = torch.randn(50, 4)
+    v = torch.tensor([[float("nan"), 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
+    scorer = DotScorer(lambda p: v, weight)
+    (i0, s0), (i1, s1) = scorer.top(torch.ones(2, 1, dtype=torch.long), [5, 5], [set(), set()])
+    assert i0.size == 0 and s0.size == 0
+    assert i1.size == 5 and np.isfinite(s1).all()
+
+
+def test_models_without_an_item_matrix_are_ranked_as_they_score(rec: Recommender) -> None:
+    assert rec.dot is None  # the TransitionModel: full ranking of its scores
+    bad = dot_bundle("gru4rec")
+    with torch.no_grad():
+        bad.model.item_weight[3, 0] = float("nan")  # type: ignore[attr-defined]
+    assert Recommender(bad).dot is None  # no bound holds for NaN weights: full ranking

@@ -14,7 +14,12 @@ layer, over any :class:`~shoprec.models.base.NextItemModel` (it only calls ``sco
 * cart add-ons come from cart/purchase co-occurrence (``aux["cart_neighbour_*"]``, built by
   :func:`build_cart_neighbours`), then from the model's next-item scores for the cart;
 * :meth:`Recommender.next_items_batch` scores many sessions in one ``score`` call, which the
-  service's micro-batcher uses under load.
+  service's micro-batcher uses under load;
+* for models that score by a dot product with an item matrix (GRU4Rec, SASRec) the top ``k``
+  is found without a full-precision pass over the catalogue (:class:`DotScorer`): a bfloat16
+  pass with a proven error bound picks the few items that can be in the top ``k``, and only
+  those are scored in float32. Same items as ranking ``model.score`` (up to float32 rounding),
+  a fraction of the memory traffic (the item matrix dominates the cost of a request).
 
 :class:`ChurnScorer` is a thin adapter over ``shoprec.churn.score_customers`` that the service
 uses only when a churn bundle is configured.
@@ -47,6 +52,7 @@ __all__ = [
     "ChurnRisk",
     "ChurnScorer",
     "ChurnUnavailable",
+    "DotScorer",
     "Recommendation",
     "Recommender",
     "build_cart_neighbours",
@@ -174,6 +180,12 @@ class _Neighbours:
     idx: torch.Tensor  # (n_items + 1, top_n) long
     weight: torch.Tensor  # (n_items + 1, top_n) float
 
+    def __post_init__(self) -> None:
+        # numpy views for the per-request work: a few small numpy ops cost microseconds, the
+        # same torch ops tens of microseconds each (dispatcher overhead)
+        self.idx_np: np.ndarray = self.idx.numpy()
+        self.weight_np: np.ndarray = self.weight.numpy()
+
     @classmethod
     def from_aux(
         cls, aux: dict[str, torch.Tensor], idx_key: str, w_key: str, n_items: int
@@ -185,16 +197,140 @@ class _Neighbours:
             return None  # a bundle from another item index: better no reasons than wrong ones
         return cls(idx.long(), weight.float())
 
-    def relation(self, anchors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def relation(self, anchors: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Weight between each anchor and each target, in either neighbour direction.
 
         ``anchors`` (A,), ``targets`` (R,) -> (A, R); 0 where neither lists the other.
         """
-        fwd = self.idx[anchors].unsqueeze(2) == targets.view(1, 1, -1)  # (A, top_n, R)
-        w_fwd = (fwd * self.weight[anchors].unsqueeze(2)).amax(dim=1)  # (A, R)
-        back = self.idx[targets].unsqueeze(2) == anchors.view(1, 1, -1)  # (R, top_n, A)
-        w_back = (back * self.weight[targets].unsqueeze(2)).amax(dim=1)  # (R, A)
-        return torch.maximum(w_fwd, w_back.T)
+        fwd = self.idx_np[anchors][:, :, None] == targets[None, None, :]  # (A, top_n, R)
+        w_fwd = (fwd * self.weight_np[anchors][:, :, None]).max(axis=1)  # (A, R)
+        back = self.idx_np[targets][:, :, None] == anchors[None, None, :]  # (R, top_n, A)
+        w_back = (back * self.weight_np[targets][:, :, None]).max(axis=1)  # (R, A)
+        return np.maximum(w_fwd, w_back.T)
+
+
+# bfloat16 keeps 8 significant bits: unit roundoff u = 2^-8. A bf16 dot product of bf16-rounded
+# inputs, accumulated in float32 and rounded to bf16, is within (2u + u^2 + H 2^-24) * sum|v_j w_j|
+# + u |result| of the exact one; with sum|v_j w_j| <= |v| |w| (Cauchy-Schwarz) the error is at
+# most COARSE_SLACK * |v| |w| (+ the accumulation term), with one u to spare.
+COARSE_SLACK = 4 * 2.0**-8
+
+
+class DotScorer:
+    """Exact top ``k`` of ``scores = v @ W.T + b`` without a float32 pass over the catalogue.
+
+    ``score`` of a GRU4Rec or SASRec is a session vector ``v (B, H)`` times the item matrix
+    ``W (N+1, H)``: for a lone session that is a matrix-vector product, bound by reading ``W``
+    from memory (88 MB in float32 for 43k items x 512). Here, per request:
+
+    1. ``v`` in float32, as ``score`` computes it (the model's own code);
+    2. coarse scores from a bfloat16 copy of ``W`` (half the bytes, and a faster kernel), each
+       within ``r_i = slack * |v| * |W_i| + 2^-21 |b_i|`` of the float32 score (see
+       ``COARSE_SLACK``; the second term covers the float32 rounding of adding the bias);
+    3. the candidates: items whose upper bound ``coarse + r`` reaches the ``k``-th largest lower
+       bound ``coarse - r`` among items not blocked; every item of the true top ``k`` is one;
+    4. their float32 scores ``W_i . v + b_i``; the top ``k`` of those (ties: lower index first).
+
+    So the result is the top ``k`` of the float32 scores, as ranking ``model.score`` would give,
+    up to float32 rounding (a different summation order; it can only swap items whose scores
+    agree to ~1e-6). Candidates are typically a few dozen items.
+    """
+
+    def __init__(
+        self,
+        vectors: Callable[[torch.Tensor], torch.Tensor],
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        self.vectors = vectors
+        self.weight = weight.detach().to(torch.float32).contiguous()  # (N+1, H)
+        rows, dim = self.weight.shape
+        self.bias = (
+            torch.zeros(rows)
+            if bias is None
+            else bias.detach().to(torch.float32).reshape(rows).contiguous()
+        )  # (N+1,)
+        self.coarse = self.weight.to(torch.bfloat16)  # (N+1, H)
+        slack = COARSE_SLACK + dim * 2.0**-23  # float32 accumulation, with a factor 2 to spare
+        self.slack = torch.linalg.vector_norm(self.weight, dim=1) * slack  # (N+1,)
+        # adding the bias in float32 (here and in the exact scores) rounds at 2^-24 |score|
+        self.bias_slack = self.bias.abs() * 2.0**-21 + torch.finfo(torch.float32).tiny  # (N+1,)
+        self.last_candidates = 0  # candidates of the last call (diagnostics, benchmarks)
+
+    @classmethod
+    def of(cls, model: Any) -> DotScorer | None:
+        """The scorer for ``model`` when it scores by a dot product we can reproduce, else None
+        (the recommender then ranks ``model.score`` as it is)."""
+        if callable(getattr(model, "session_vectors", None)) and callable(
+            getattr(model, "output_items", None)
+        ):
+            weight, bias = model.output_items()
+            scorer = cls(model.session_vectors, weight, bias)
+        elif getattr(model, "name", None) == "sasrec" and isinstance(
+            getattr(model, "output_weight", None), torch.Tensor
+        ):
+            scorer = cls(_sasrec_vectors(model), model.output_weight)
+        else:
+            return None
+        finite = torch.isfinite(scorer.weight).all() and torch.isfinite(scorer.bias).all()
+        return scorer if bool(finite) else None
+
+    def top(
+        self, prefixes: torch.Tensor, need: Sequence[int], blocked: Sequence[Collection[int]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per row of LEFT-padded ``prefixes (B, T)``: the ``need[b]`` best item indices (never
+        0, never one in ``blocked[b]``) and their float32 scores, best first."""
+        with torch.inference_mode():
+            v = self.vectors(prefixes).to(torch.float32)  # (B, H)
+            finite = torch.isfinite(v).all(dim=1).tolist()
+            if not all(finite):  # such a row gets no model items (as NaN scores would)
+                v = torch.where(torch.isfinite(v), v, 0.0)
+            coarse = torch.mm(v.to(torch.bfloat16), self.coarse.T).to(torch.float32)  # (B, N+1)
+            coarse += self.bias
+            norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)  # (B, 1)
+            lower = torch.addcmul(coarse, norms, self.slack, value=-1.0).sub_(self.bias_slack)
+            upper = coarse.addcmul_(norms, self.slack).add_(self.bias_slack)  # (B, N+1)
+            for b, cols in enumerate(blocked):
+                out = [0, *cols]
+                lower[b, out] = -math.inf
+                upper[b, out] = -math.inf
+            width = max(1, min(max(need), lower.shape[1] - 1))
+            kth = lower.topk(width, dim=1).values  # (B, width)
+            results: list[tuple[np.ndarray, np.ndarray]] = []
+            for b, n in enumerate(need):
+                if n <= 0 or not finite[b]:
+                    results.append((np.empty(0, np.int64), np.empty(0, np.float32)))
+                    continue
+                # fewer than n items left: the threshold is -inf, and every item not blocked
+                # (upper > -inf) is a candidate
+                threshold = kth[b, min(n, width) - 1].clamp(min=torch.finfo(torch.float32).min)
+                cand = torch.nonzero(upper[b] >= threshold).squeeze(1)  # (C,)
+                exact = torch.mv(self.weight[cand], v[b]) + self.bias[cand]  # (C,)
+                self.last_candidates = int(cand.numel())
+                idx, sc = cand.numpy(), exact.numpy()
+                keep = np.isfinite(sc)
+                idx, sc = idx[keep], sc[keep]
+                order = np.lexsort((idx, -sc))[:n]  # best first, ties by index
+                results.append((idx[order], sc[order]))
+            return results
+
+
+def _sasrec_vectors(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """SASRec's session vector: the last position of ``encode``, exactly as its ``score``."""
+
+    def vectors(prefixes: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        device = model.output_weight.device
+        model.eval()
+        try:
+            with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+                prefixes = prefixes.to(device)[:, -model.config.max_len :]
+                last: torch.Tensor = model.encode(prefixes)[:, -1]  # (B, D)
+                return last
+        finally:
+            model.train(was_training)
+
+    return vectors
 
 
 @dataclass
@@ -219,7 +355,11 @@ class _Ranked:
 class Recommender:
     """Next items and cart add-ons in original item ids, over a loaded bundle."""
 
-    def __init__(self, bundle: Bundle, *, max_session_len: int = 50) -> None:
+    def __init__(
+        self, bundle: Bundle, *, max_session_len: int = 50, fast_top_k: bool = True
+    ) -> None:
+        """``fast_top_k=False`` ranks ``model.score`` over the whole catalogue even when a
+        :class:`DotScorer` could be used (for comparisons)."""
         self.bundle = bundle
         self.model = bundle.model
         self.max_session_len = max_session_len
@@ -244,6 +384,8 @@ class Recommender:
         self.cart_neighbours = _Neighbours.from_aux(
             bundle.aux, CART_NEIGHBOUR_IDX, CART_NEIGHBOUR_WEIGHT, self.n_items
         )
+        # Built once per model: the float32 item matrix, its bfloat16 copy and row norms.
+        self.dot: DotScorer | None = DotScorer.of(self.model) if fast_top_k else None
 
     # --- ids ---
     def to_idx(self, item_ids: Sequence[str]) -> list[int]:
@@ -311,34 +453,42 @@ class Recommender:
         rows = [r for r, s in enumerate(known) if s and not ranked[r].full()]
         if not rows:
             return
-        scores = self._score([known[r] for r in rows])  # (b, n_items + 1)
-        for b, r in enumerate(rows):
-            blocked = ranked[r].exclude | ranked[r].taken
-            if blocked:
-                scores[b, list(blocked)] = -math.inf
+        prefixes = left_pad([known[r] for r in rows], self.max_session_len)  # (b, T)
         need = [ranked[r].k - len(ranked[r].out) for r in rows]
-        top_s, top_i = scores.topk(min(max(need), self.n_items), dim=1)  # (b, k_top)
-        for b, r in enumerate(rows):
-            s_row, i_row = top_s[b, : need[b]], top_i[b, : need[b]]
-            finite = torch.isfinite(s_row)
-            idx = i_row[finite]
+        blocked = [ranked[r].exclude | ranked[r].taken for r in rows]
+        if self.dot is not None:
+            tops = self.dot.top(prefixes, need, blocked)
+        else:
+            tops = self._top_of_scores(prefixes, need, blocked)
+        for (idx, scores), r in zip(tops, rows, strict=True):
             reasons = self._reasons(known[r], idx, because, generic)
-            for i, sc, why in zip(idx.tolist(), s_row[finite].tolist(), reasons, strict=True):
+            for i, sc, why in zip(idx.tolist(), scores.tolist(), reasons, strict=True):
                 ranked[r].add(i, Recommendation(self.item_ids[i], float(sc), why))
 
-    def _score(self, sessions: list[list[int]]) -> torch.Tensor:
-        prefixes = left_pad(sessions, self.max_session_len)  # (B, T), zeros first
+    def _top_of_scores(
+        self, prefixes: torch.Tensor, need: list[int], blocked: list[set[int]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Any model: rank its full ``score`` rows (NaN and blocked items never come out)."""
         # no_grad rather than inference_mode: the result is edited in place below.
         with torch.no_grad():
-            scores = self.model.score(prefixes).float().clone()  # (B, n_items + 1)
+            scores = self.model.score(prefixes).float().clone()  # (b, n_items + 1)
         scores[torch.isnan(scores)] = -math.inf
         scores[:, 0] = -math.inf
-        return scores
+        for b, cols in enumerate(blocked):
+            if cols:
+                scores[b, list(cols)] = -math.inf
+        top_s, top_i = scores.topk(min(max(need), self.n_items), dim=1)  # (b, k_top)
+        out = []
+        for b, n in enumerate(need):
+            s_row, i_row = top_s[b, :n].numpy(), top_i[b, :n].numpy()
+            finite = np.isfinite(s_row)
+            out.append((i_row[finite], s_row[finite]))
+        return out
 
     def _reasons(
         self,
         session: list[int],
-        recs: torch.Tensor,
+        recs: np.ndarray,
         because: Callable[[str], str],
         generic: str,
         neighbours: _Neighbours | None = None,
@@ -348,13 +498,12 @@ class Recommender:
         Ties go to the most recent session item (a shopper remembers the last thing they saw).
         """
         nb = neighbours or self.neighbours
-        if nb is None or not session or recs.numel() == 0:
-            return [generic] * int(recs.numel())
-        anchors = torch.tensor(
-            list(dict.fromkeys(reversed(session))), dtype=torch.long
-        )  # newest first
-        rel = nb.relation(anchors, recs)  # (A, R)
-        best_w, best_a = rel.max(dim=0)  # first max = most recent anchor
+        if nb is None or not session or recs.size == 0:
+            return [generic] * int(recs.size)
+        anchors = np.fromiter(dict.fromkeys(reversed(session)), dtype=np.int64)  # newest first
+        rel = nb.relation(anchors, recs.astype(np.int64, copy=False))  # (A, R)
+        best_a = rel.argmax(axis=0)  # first max = most recent anchor
+        best_w = rel[best_a, np.arange(rel.shape[1])]
         return [
             because(self.item_ids[int(anchors[a])]) if w > 0 else generic
             for w, a in zip(best_w.tolist(), best_a.tolist(), strict=True)
@@ -381,7 +530,7 @@ class Recommender:
             n_pos = int((total > 0).sum())
             if n_pos:
                 top_w, top_i = total.topk(min(n_pos, ranked.k))
-                reasons = self._reasons(cart, top_i, bought_with_reason, CART_REASON, nb)
+                reasons = self._reasons(cart, top_i.numpy(), bought_with_reason, CART_REASON, nb)
                 for i, w, why in zip(top_i.tolist(), top_w.tolist(), reasons, strict=True):
                     ranked.add(i, Recommendation(self.item_ids[i], float(w), why))
         # The cart as a session: what the model expects next, explained by co-views.

@@ -7,8 +7,9 @@ bundle files, the bundle's JSON description as metadata, and labels that say whe
 (``mlflow_run_id``, ``mlflow_model_version``, ``model``). It then builds the storefront Bento
 from ``serving/bentofile.yaml``, offline: the ``shoprec`` wheel is built locally
 (``pip wheel --no-deps --no-build-isolation --no-index``) and package locking is off, so nothing
-is resolved against a registry (STACK_NOTES). The Bento records the exact model tags; the
-service loads ``next-item:latest`` / ``churn:latest`` from the model store.
+is resolved against a registry (STACK_NOTES). The Bento records the exact model tags and the
+service inside it loads exactly those (outside a Bento, ``serve`` on the working tree falls
+back to ``next-item:latest`` / ``churn:latest``).
 
 :func:`serve` runs ``bentoml serve`` (a built Bento, or the working tree's
 ``serving.service:Storefront``) on 127.0.0.1, forwarding SIGINT / SIGTERM / SIGHUP to it.
@@ -447,8 +448,8 @@ def serve_command(
     ``bento_or_path``: a Bento tag (``shoprec-storefront:latest``), a built Bento folder, or
     None for the working tree's ``serving.service:Storefront``. ``bundle`` / ``churn`` / ``store``
     become ``SHOPREC_NEXT_ITEM_BUNDLE`` / ``SHOPREC_CHURN_BUNDLE`` / ``SHOPREC_STORE_URL``;
-    without them a Bento serves ``next-item:latest`` / ``churn:latest`` from the model store
-    (inherited bundle variables are dropped for a Bento). The sqlite event state goes to
+    without them a Bento serves the model tags it was built with, the working tree
+    ``next-item:latest`` / ``churn:latest`` from the model store (inherited bundle variables are dropped for a Bento). The sqlite event state goes to
     ``$SHOPREC_STATE_DIR``, default ``./.shoprec-state`` of the caller.
     """
     extra: dict[str, str] = {}

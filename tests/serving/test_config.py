@@ -58,3 +58,19 @@ def test_the_bentofile_ships_every_serving_module() -> None:
         assert f"serving/{module.name}" in shipped, f"{module.name} missing from bentofile"
     assert "serving/config.yaml" in shipped
     assert bentofile["python"]["lock_packages"] is False  # builds offline
+
+
+def test_access_log_and_metrics_reach_bentoml() -> None:
+    cfg = load_serving_config(
+        {"SHOPREC_SERVING_SET": "server.access_log=false server.metrics=false server.workers=2"}
+    )
+    opts = cfg.server.bentoml_options()
+    assert opts["workers"] == 2
+    assert opts["logging"]["access"]["enabled"] is False
+    assert opts["metrics"] == {"enabled": False}
+    # BentoML's own probe paths stay out of the access log whatever is added
+    shipped = load_serving_config({}).server.bentoml_options()
+    assert {"/livez", "/readyz", "/metrics"} <= set(shipped["logging"]["access"]["skip_paths"])
+    from _bentoml_sdk.service.config import validate
+
+    validate(opts)  # type: ignore[arg-type]  # BentoML accepts every key and value

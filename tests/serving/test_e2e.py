@@ -127,6 +127,8 @@ def test_packaged_bento_serves_every_endpoint(
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
     assert "cleanup finalized" in text, text[-3000:]  # the service's shutdown hook ran
+    # the Bento loads the model version it was built with, not whatever is latest by then
+    assert f"BentoML model {next_item.tag}" in text, text[-3000:]
 
 
 def check_endpoints(client: httpx.Client, shop: pl.DataFrame, start: Any) -> None:

@@ -426,6 +426,54 @@ def test_without_any_bundle_startup_says_how_to_provide_one(
         pass
 
 
+def fake_bento(*tags: str) -> Any:
+    """What BentoML sets as ``Service.bento`` when it serves a built Bento: the tags its
+    ``bento.yaml`` records."""
+    from bentoml._internal.tag import Tag
+
+    models = [types.SimpleNamespace(tag=Tag.from_taglike(t)) for t in tags]
+    return types.SimpleNamespace(info=types.SimpleNamespace(all_models=models))
+
+
+def test_a_bento_serves_the_model_version_it_was_built_with(
+    serve: Any, test_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bentoml
+    from serving.service import Storefront
+
+    asked: list[str] = []
+
+    def get(tag: str) -> Any:
+        asked.append(str(tag))
+        if str(tag).startswith("next-item:"):
+            return types.SimpleNamespace(path=str(test_bundle))
+        raise bentoml.exceptions.NotFound(f"{tag} not found")
+
+    monkeypatch.setattr(bentoml.models, "get", get)
+    # a Bento built with next-item:v1 loads exactly that version, never next-item:latest, and
+    # no churn model it was not built with
+    monkeypatch.setattr(Storefront, "bento", fake_bento("next-item:v1"), raising=False)
+    with serve(SHOPREC_NEXT_ITEM_BUNDLE=None) as c:
+        assert ids(post(c, "/next_items", {"items": ["a"], "k": 1})) == ["b"]
+    assert asked == ["next-item:v1"]
+
+    # a Bento that records a churn model the store lacks fails loudly
+    from shoprec.errors import ShoprecError
+
+    asked.clear()
+    monkeypatch.setattr(Storefront, "bento", fake_bento("next-item:v1", "churn:c7"))
+    with pytest.raises(ShoprecError, match="churn:c7"), serve(SHOPREC_NEXT_ITEM_BUNDLE=None):
+        pass
+    assert asked == ["next-item:v1", "churn:c7"]
+
+    # outside a Bento (bentoml serve serving.service:Storefront): the store's latest
+    asked.clear()
+    monkeypatch.setattr(Storefront, "bento", None)
+    with serve(SHOPREC_NEXT_ITEM_BUNDLE=None):
+        pass
+    assert asked == ["next-item:latest", "churn:latest"]
+
+
 def test_the_service_on_the_redis_store(serve: Any) -> None:
     from shoprec.store import open_store
     from tests.conftest import require

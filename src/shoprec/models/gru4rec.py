@@ -171,24 +171,43 @@ class GRU4Rec(nn.Module):
         scores. No dropout and no autocast: scores are computed in full precision (ties matter
         for pessimistic ranking), whatever the module's mode or an enclosing autocast.
         """
+        with torch.autocast(device_type=self.item_weight.device.type, enabled=False):
+            return self.score_hidden(self.session_vectors(prefixes))
+
+    @torch.no_grad()
+    def session_vectors(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """The top layer's state ``(B, H)`` after each LEFT-padded prefix ``(B, T)``: the vector
+        :meth:`score` multiplies with the item matrix (serving ranks with it, see
+        :meth:`output_items`). Full precision, no dropout, as :meth:`score`."""
         was_training = self.training
         device = self.item_weight.device
-        self.eval()
+        if was_training:  # (a served model is in eval mode already: no per-call module walk)
+            self.eval()
         try:
             with torch.autocast(device_type=device.type, enabled=False):
                 prefixes = prefixes.to(device)
                 hidden = self.init_hidden(prefixes.shape[0])
                 present = prefixes != 0  # (B, T)
-                active = present.any(dim=0)  # (T,) columns with at least one real item
+                active = present.any(dim=0).tolist()  # columns with at least one real item
+                full = present.all(dim=0).tolist()  # columns with no padding
                 for t in range(prefixes.shape[1]):
-                    if not bool(active[t]):
+                    if not active[t]:
                         continue
                     new = self.step(prefixes[:, t], hidden)
+                    if full[t]:
+                        hidden = new
+                        continue
                     keep = present[:, t].unsqueeze(1)  # (B, 1)
                     hidden = [torch.where(keep, n, h) for n, h in zip(new, hidden, strict=True)]
-                return self.score_hidden(hidden[-1])
+                return hidden[-1]
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
+
+    def output_items(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_y (N+1, H), b_y (N+1,))``: ``score = session_vectors @ W_y.T + b_y`` (column 0
+        is then set to -inf)."""
+        return self.item_weight.detach(), self.item_bias.detach().squeeze(1)
 
     def to_bundle(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         tensors = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
