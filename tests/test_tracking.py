@@ -8,6 +8,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from shoprec.cli import main
 from shoprec.tracking import RunTracker, mlflow_key, promote, register
 from shoprec.training.config import ExperimentConfig
 from shoprec.training.fit import fit
@@ -56,6 +57,46 @@ def test_train_run_is_fully_tracked(tiny_dataset: Path, tmp_path: Path) -> None:
     assert {"plots/hr_at_k.png", "plots/coverage.png"} <= plots
     bundle = {a.path for a in MlflowClient(uri).list_artifacts(run_id, "bundle")}
     assert {"bundle/bundle.json", "bundle/weights.pt", "bundle/items.parquet"} <= bundle
+
+
+def test_evaluate_run_is_tracked(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``shoprec evaluate`` is an MLflow run too: which bundle on which data, the protocol, the
+    metrics, the HR@K plot and the predictions file."""
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "to_evaluate",
+            "data": {"path": str(tiny_dataset)},
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"name": "pop"},
+        }
+    )
+    result = fit(config)  # untracked training: only the evaluation is tracked here
+    uri = _uri(tmp_path)
+    predictions = tmp_path / "predictions.txt"
+    args = ["evaluate", "--bundle", str(result.bundle_dir), "--data", str(tiny_dataset)]
+    args += ["--tracking-uri", uri, "--predictions-out", str(predictions)]
+    assert main(args) == 0
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["evaluate"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["shoprec.role"] == "evaluate"
+    assert run.data.tags["model"] == "pop"
+    assert run.data.tags["dataset"] == "synthetic"
+    assert len(run.data.tags["protocol.fingerprint"]) == 16
+    assert run.data.params["split"] == "test"
+    assert run.data.params["bundle_experiment"] == "to_evaluate"
+    assert run.data.params["protocol.tie_mode"] == "pessimistic"
+    hr = run.data.metrics[mlflow_key("test/hr@20")]
+    assert hr == pytest.approx(result.metrics["test/hr@20"])  # same bundle, same data
+    client = MlflowClient(uri)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "plots", "predictions", "dataset"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/hr_at_k.png", "plots/coverage.png"} <= plots
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "predictions")}
+    assert logged == {"predictions/predictions.txt"}
 
 
 def test_failed_run_is_marked_failed_and_cannot_be_registered(tmp_path: Path) -> None:

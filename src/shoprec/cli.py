@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from shoprec import __version__
 from shoprec.config import add_run_args
@@ -123,19 +124,74 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     dataset = PreparedDataset.open(args.data)
-    result = evaluate_model(
-        bundle.model,
-        dataset,
-        split=args.split,
-        batch_size=args.batch_size,
-        exclude_seen=args.exclude_seen,
-        predictions_out=Path(args.predictions_out) if args.predictions_out else None,
-    )
-    _print_metrics(dict(result.metrics), title=f"{bundle.meta['model_name']} on {args.data}")
+    predictions = Path(args.predictions_out) if args.predictions_out else None
+    model_name = str(bundle.meta["model_name"])
+    run_name = f"evaluate {bundle.meta.get('experiment') or model_name} on {dataset.root.name}"
+    from shoprec.tracking import maybe_tracker
+
+    with maybe_tracker(
+        not args.no_track,
+        args.experiment or "evaluate",
+        run_name,
+        tracking_uri=args.tracking_uri,
+        tags={"shoprec.role": "evaluate", "task": "next-item", "model": model_name},
+    ) as tracker:
+        result = evaluate_model(
+            bundle.model,
+            dataset,
+            split=args.split,
+            batch_size=args.batch_size,
+            exclude_seen=args.exclude_seen,
+            predictions_out=predictions,
+        )
+        if tracker is not None:
+            _track_evaluation(tracker, args, bundle.meta, dataset, result, predictions)
+    _print_metrics(dict(result.metrics), title=f"{model_name} on {args.data}")
+    if tracker is not None:
+        print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
     if args.output:
         payload = {"metrics": result.metrics, "protocol": result.protocol}
         Path(args.output).write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return 0
+
+
+def _track_evaluation(
+    tracker: Any,
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+    dataset: Any,
+    result: Any,
+    predictions: Path | None,
+) -> None:
+    """What a reviewer needs to read an ``evaluate`` run: which bundle on which data, under
+    which protocol, with the metrics, HR@K and coverage plots, and the predictions file."""
+    from shoprec.evaluation import plots
+    from shoprec.tracking import protocol_fingerprint
+
+    tracker.log_params(
+        {
+            "bundle": str(Path(args.bundle).resolve()),
+            "bundle_experiment": meta.get("experiment"),
+            "model": {"name": meta["model_name"], **(meta.get("model_config") or {})},
+            "split": args.split,
+            "batch_size": args.batch_size,
+            "protocol": result.protocol,
+        }
+    )
+    tracker.log_dataset(dataset.manifest)
+    tracker.set_tags({"protocol.fingerprint": protocol_fingerprint(result.protocol)})
+    tracker.log_metrics(result.metrics)
+    tracker.log_metrics({f"time/{k}": v for k, v in result.timing.items()})
+    tracker.log_dict(result.to_dict(), "metrics.json")
+    plots.log_figures(
+        tracker,
+        f"{meta['model_name']} on {dataset.root.name}",
+        metrics=result.metrics,
+        ranks=result.ranks,
+        split=args.split,
+    )
+    if predictions is not None:
+        tracker.log_artifact(predictions, "predictions")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -252,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-seen", action="store_true", help="never rank prefix items")
     p.add_argument("--predictions-out", default=None, help="top-20 ids + rank per case")
     p.add_argument("--output", default=None, help="write metrics + protocol JSON here")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: evaluate)")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_cmd_evaluate)
 
     p = verbs.add_parser("tune", help="Optuna study over a search space (configs/search)")

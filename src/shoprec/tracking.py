@@ -234,6 +234,11 @@ class RunTracker:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
         self.seconds += time.perf_counter() - t0
 
+    def log_artifact(self, local_file: str | Path, artifact_path: str | None = None) -> None:
+        t0 = time.perf_counter()
+        self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+        self.seconds += time.perf_counter() - t0
+
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         t0 = time.perf_counter()
         self.client.log_figure(self.run_id, figure, artifact_file)

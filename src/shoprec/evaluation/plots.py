@@ -75,3 +75,29 @@ def plot_coverage(metrics: dict[str, float], title: str, split: str = "test") ->
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def log_figures(
+    tracker: Any,
+    title: str,
+    *,
+    metrics: dict[str, float],
+    ranks: np.ndarray | None,
+    history: list[dict[str, Any]] | None = None,
+    split: str = "test",
+) -> None:
+    """Log a run's figures to its tracker (a :class:`shoprec.tracking.RunTracker`): training
+    curves (when there is a history), HR@K for K = 1..50 and coverage/popularity (when there
+    are ranks). Building the figures exists only for the run, so it counts as tracking time."""
+    with tracker.timed():
+        figures: dict[str, Figure | None] = {}
+        if history is not None:
+            figures["plots/curves.png"] = plot_curves(history, title)
+        if ranks is not None:
+            figures["plots/hr_at_k.png"] = plot_hr_at_k(ranks, f"{title}: {split} HR@K")
+            figures["plots/coverage.png"] = plot_coverage(metrics, title, split=split)
+    for name, fig in figures.items():
+        if fig is not None:
+            tracker.log_figure(fig, name)
+            with tracker.timed():
+                plt.close(fig)

@@ -385,22 +385,17 @@ def _track_result(
         tracker.set_tags({"protocol.fingerprint": protocol_fingerprint(protocol)})
     tracker.log_dict(summary, "metrics.json")
     tracker.log_artifacts(bundle_dir, "bundle")
-    # the figures exist only for the run: building them (and importing matplotlib) is tracking
+    # the figures exist only for the run: importing matplotlib and building them is tracking
     # cost too, so it counts in ``tracker.seconds``
     with tracker.timed():
-        import matplotlib.pyplot as plt
-
         from shoprec.evaluation import plots
 
-        title = f"{summary['name']} ({summary['model']})"
-        figures = {"plots/curves.png": plots.plot_curves(summary["history"], title)}
-        if ranks is not None:
-            figures["plots/hr_at_k.png"] = plots.plot_hr_at_k(ranks, f"{title}: test HR@K")
-            figures["plots/coverage.png"] = plots.plot_coverage(summary["metrics"], title)
-    for name, fig in figures.items():
-        if fig is not None:
-            tracker.log_figure(fig, name)
-            with tracker.timed():
-                plt.close(fig)
+    plots.log_figures(
+        tracker,
+        f"{summary['name']} ({summary['model']})",
+        metrics=summary["metrics"],
+        ranks=ranks,
+        history=summary["history"],
+    )
     # what tracking has cost this run so far (all but this call and closing the run)
     tracker.log_metrics({"time/tracking_seconds": tracker.seconds})
