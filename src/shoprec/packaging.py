@@ -449,8 +449,9 @@ def serve_command(
     None for the working tree's ``serving.service:Storefront``. ``bundle`` / ``churn`` / ``store``
     become ``SHOPREC_NEXT_ITEM_BUNDLE`` / ``SHOPREC_CHURN_BUNDLE`` / ``SHOPREC_STORE_URL``;
     without them a Bento serves the model tags it was built with, the working tree
-    ``next-item:latest`` / ``churn:latest`` from the model store (inherited bundle variables are dropped for a Bento). The sqlite event state goes to
-    ``$SHOPREC_STATE_DIR``, default ``./.shoprec-state`` of the caller.
+    ``next-item:latest`` / ``churn:latest`` from the model store (inherited bundle variables
+    are dropped for a Bento). The sqlite event state goes to ``$SHOPREC_STATE_DIR``, default
+    ``./.shoprec-state`` of the caller.
     """
     extra: dict[str, str] = {}
     if bundle is not None:
