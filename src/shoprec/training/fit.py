@@ -156,6 +156,7 @@ def _trainer_callbacks(
 def _fit_neural(
     config: ExperimentConfig,
     dataset: PreparedDataset,
+    sessions: list[np.ndarray],
     run_dir: Path,
     callbacks: Sequence[L.Callback],
     history: HistoryCallback,
@@ -167,7 +168,7 @@ def _fit_neural(
     model_cfg = _model_config(config, dataset.n_items)
     training = regime_config(config)
     module = regime.module(model_cfg, training)
-    datamodule = regime.datamodule(model_cfg, training, dataset)
+    datamodule = regime.datamodule(model_cfg, training, dataset, sessions)
     has_val = dataset.has("valid_cases.parquet")
     own_callbacks, ckpt = _trainer_callbacks(config, run_dir, has_val)
     tc = config.trainer
@@ -260,7 +261,9 @@ def fit(
             from shoprec.tracking import EpochMetricsCallback
 
             extra.append(EpochMetricsCallback(tracker))
-        model, best_val, global_zero = _fit_neural(config, dataset, run_dir, extra, history)
+        model, best_val, global_zero = _fit_neural(
+            config, dataset, sessions, run_dir, extra, history
+        )
         if not global_zero:  # a DDP worker: rank 0 evaluates and writes the run folder
             return FitResult(
                 config=config,

@@ -449,29 +449,38 @@ def session_parallel_loader(
     return DataLoader(shard, batch_size=None, collate_fn=_identity)
 
 
-class SessionParallelDataModule(L.LightningDataModule):
-    """Train sessions of a prepared dataset as session-parallel steps; valid cases if any."""
+class _PreparedDataModule(L.LightningDataModule):
+    """A prepared dataset's train sessions as one regime's training loader (built once, for
+    this process's rank) and its validation cases, if any. ``sessions``: the train sessions
+    when the caller has read them already (``fit`` has), else they are read here."""
+
+    val_max_len: int | None = None  # cases longer than this keep their last items
 
     def __init__(
-        self, model: GRU4RecConfig, config: SessionParallelConfig, dataset: PreparedDataset
+        self,
+        model: GRU4RecConfig | SASRecConfig,
+        config: SessionParallelConfig | SequenceConfig,
+        dataset: PreparedDataset,
+        sessions: Sequence[np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         if model.n_items != dataset.n_items:
             raise ValueError(f"model n_items={model.n_items} but dataset has {dataset.n_items}")
-        self.model_config = model
-        self.config = config
         self.dataset = dataset
+        self.sessions = sessions
+        self.val_batch_size = config.val_batch_size
         self._train: DataLoader[Any] | None = None
         self._valid: tuple[list[list[int]], list[int]] | None = None
 
+    def _train_loader(self, sessions: Sequence[np.ndarray], rank: int, world: int) -> Any:
+        raise NotImplementedError
+
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
-            self._train = session_parallel_loader(
-                self.dataset.train_sessions(),
-                self.model_config.n_items,
-                self.config,
-                *rank_and_world(self.trainer),
-            )
+            sessions = self.sessions
+            if sessions is None:
+                sessions = self.dataset.train_sessions()
+            self._train = self._train_loader(sessions, *rank_and_world(self.trainer))
             self._valid = _valid_cases(self.dataset)
 
     def train_dataloader(self) -> DataLoader[Any]:
@@ -483,7 +492,27 @@ class SessionParallelDataModule(L.LightningDataModule):
         self.setup()
         if self._valid is None:
             return []
-        return cases_loader(*self._valid, batch_size=self.config.val_batch_size)
+        return cases_loader(*self._valid, batch_size=self.val_batch_size, max_len=self.val_max_len)
+
+
+class SessionParallelDataModule(_PreparedDataModule):
+    """Train sessions of a prepared dataset as session-parallel steps; valid cases if any."""
+
+    def __init__(
+        self,
+        model: GRU4RecConfig,
+        config: SessionParallelConfig,
+        dataset: PreparedDataset,
+        sessions: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        super().__init__(model, config, dataset, sessions)
+        self.model_config = model
+        self.config = config
+
+    def _train_loader(self, sessions: Sequence[np.ndarray], rank: int, world: int) -> Any:
+        return session_parallel_loader(
+            sessions, self.model_config.n_items, self.config, rank, world
+        )
 
 
 # --- SASRec: sequences -----------------------------------------------------------------------
@@ -574,44 +603,24 @@ def sequence_loader(
     return DataLoader(ds, batch_sampler=batches, collate_fn=SequenceCollator(sampler))
 
 
-class SequenceDataModule(L.LightningDataModule):
+class SequenceDataModule(_PreparedDataModule):
     """Train sessions of a prepared dataset as SASRec sequences; valid cases if any."""
 
     def __init__(
-        self, model: SASRecConfig, config: SequenceConfig, dataset: PreparedDataset
+        self,
+        model: SASRecConfig,
+        config: SequenceConfig,
+        dataset: PreparedDataset,
+        sessions: Sequence[np.ndarray] | None = None,
     ) -> None:
-        super().__init__()
-        if model.n_items != dataset.n_items:
-            raise ValueError(f"model n_items={model.n_items} but dataset has {dataset.n_items}")
+        super().__init__(model, config, dataset, sessions)
         self.model_config = model
         self.config = config
-        self.dataset = dataset
-        self._train: DataLoader[Any] | None = None
-        self._valid: tuple[list[list[int]], list[int]] | None = None
+        self.val_max_len = model.max_len
 
-    def setup(self, stage: str | None = None) -> None:
-        if self._train is None:
-            self._train = sequence_loader(
-                self.dataset.train_sessions(),
-                self.model_config.n_items,
-                self.model_config.max_len,
-                self.config,
-                *rank_and_world(self.trainer),
-            )
-            self._valid = _valid_cases(self.dataset)
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        self.setup()
-        assert self._train is not None
-        return self._train
-
-    def val_dataloader(self) -> DataLoader[Any] | list[Any]:
-        self.setup()
-        if self._valid is None:
-            return []
-        return cases_loader(
-            *self._valid, batch_size=self.config.val_batch_size, max_len=self.model_config.max_len
-        )
+    def _train_loader(self, sessions: Sequence[np.ndarray], rank: int, world: int) -> Any:
+        m = self.model_config
+        return sequence_loader(sessions, m.n_items, m.max_len, self.config, rank, world)
 
 
 # --- registry ------------------------------------------------------------------------------------
@@ -621,7 +630,7 @@ class Regime(NamedTuple):
     model_config: type[StrictModel]
     regime_config: type[StrictModel]
     module: type[L.LightningModule]
-    datamodule: type[L.LightningDataModule]
+    datamodule: type[_PreparedDataModule]
 
 
 REGIMES: dict[str, Regime] = {
