@@ -7,13 +7,15 @@ pickles or training code to be evaluated or served.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import torch
+from pydantic import BaseModel
+from torch import nn
 
 from shoprec.schema import PADDING_IDX
 
-__all__ = ["PADDING_IDX", "NextItemModel", "left_pad"]
+__all__ = ["PADDING_IDX", "NeuralBundleMixin", "NextItemModel", "left_pad"]
 
 
 @runtime_checkable
@@ -57,3 +59,22 @@ def left_pad(sessions: list[list[int]] | list[Any], max_len: int | None = None) 
         if s:
             out[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
     return out
+
+
+class NeuralBundleMixin(nn.Module):
+    """``to_bundle`` / ``from_bundle`` of a torch model built from one pydantic config: the
+    config as JSON plus the state dict as weights-only tensors (no pickled classes)."""
+
+    config_class: ClassVar[type[BaseModel]]
+    config: BaseModel
+
+    def to_bundle(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        tensors = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        return self.config.model_dump(), tensors
+
+    @classmethod
+    def from_bundle(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Self:
+        model = cls(cls.config_class.model_validate(config))
+        model.load_state_dict(tensors)
+        model.eval()
+        return model

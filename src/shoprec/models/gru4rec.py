@@ -27,7 +27,7 @@ This file depends on torch and the config base only; training lives in
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from pydantic import Field
 from torch import nn
 
 from shoprec.config import StrictModel
+from shoprec.models.base import NeuralBundleMixin
 
 __all__ = ["GRU4Rec", "GRU4RecConfig"]
 
@@ -59,10 +60,13 @@ def _glorot_uniform_(tensor: torch.Tensor, fan_in: int, fan_out: int) -> None:
         tensor.uniform_(-bound, bound)
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(NeuralBundleMixin):
     """The GRU4Rec network; implements :class:`shoprec.models.base.NextItemModel`."""
 
     name = "gru4rec"
+
+    config_class = GRU4RecConfig
+    config: GRU4RecConfig
 
     def __init__(self, config: GRU4RecConfig) -> None:
         super().__init__()
@@ -208,14 +212,3 @@ class GRU4Rec(nn.Module):
         """``(W_y (N+1, H), b_y (N+1,))``: ``score = session_vectors @ W_y.T + b_y`` (column 0
         is then set to -inf)."""
         return self.item_weight.detach(), self.item_bias.detach().squeeze(1)
-
-    def to_bundle(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        tensors = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
-        return self.config.model_dump(), tensors
-
-    @classmethod
-    def from_bundle(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> GRU4Rec:
-        model = cls(GRU4RecConfig.model_validate(config))
-        model.load_state_dict(tensors)
-        model.eval()
-        return model

@@ -19,7 +19,7 @@ Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. Choices:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from shoprec.config import StrictModel
+from shoprec.models.base import NeuralBundleMixin
 
 __all__ = ["SASRec", "SASRecConfig"]
 
@@ -73,10 +74,13 @@ class _Block(nn.Module):
         return x + F.dropout(f, p, p > 0)
 
 
-class SASRec(nn.Module):
+class SASRec(NeuralBundleMixin):
     """The SASRec network; implements :class:`shoprec.models.base.NextItemModel`."""
 
     name = "sasrec"
+
+    config_class = SASRecConfig
+    config: SASRecConfig
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
@@ -147,14 +151,3 @@ class SASRec(nn.Module):
                 return scores
         finally:
             self.train(was_training)
-
-    def to_bundle(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        tensors = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
-        return self.config.model_dump(), tensors
-
-    @classmethod
-    def from_bundle(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SASRec:
-        model = cls(SASRecConfig.model_validate(config))
-        model.load_state_dict(tensors)
-        model.eval()
-        return model
