@@ -166,7 +166,6 @@ def _track_evaluation(
     """What a reviewer needs to read an ``evaluate`` run: which bundle on which data, under
     which protocol, with the metrics, HR@K and coverage plots, and the predictions file."""
     from shoprec.evaluation import plots
-    from shoprec.tracking import protocol_fingerprint
 
     tracker.log_params(
         {
@@ -175,11 +174,10 @@ def _track_evaluation(
             "model": {"name": meta["model_name"], **(meta.get("model_config") or {})},
             "split": args.split,
             "batch_size": args.batch_size,
-            "protocol": result.protocol,
         }
     )
     tracker.log_dataset(dataset.manifest)
-    tracker.set_tags({"protocol.fingerprint": protocol_fingerprint(result.protocol)})
+    tracker.log_protocol(result.protocol)
     tracker.log_metrics(result.metrics)
     tracker.log_metrics({f"time/{k}": v for k, v in result.timing.items()})
     tracker.log_dict(result.to_dict(), "metrics.json")

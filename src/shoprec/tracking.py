@@ -244,6 +244,12 @@ class RunTracker:
         self.client.log_figure(self.run_id, figure, artifact_file)
         self.seconds += time.perf_counter() - t0
 
+    def log_protocol(self, protocol: Mapping[str, Any]) -> None:
+        """The evaluation protocol as params, and its fingerprint as the tag :func:`promote`
+        compares (numbers from different protocols are never compared)."""
+        self.log_params({"protocol": protocol})
+        self.set_tags({"protocol.fingerprint": protocol_fingerprint(protocol)})
+
     def log_dataset(self, manifest: Mapping[str, Any]) -> None:
         """Tags that identify the data, params with its counts, and the manifest itself."""
         self.set_tags(dataset_tags(manifest))

@@ -377,15 +377,12 @@ def _write_bundle(
 def _track_result(
     tracker: Any, summary: dict[str, Any], bundle_dir: Path, ranks: np.ndarray | None
 ) -> None:
-    from shoprec.tracking import protocol_fingerprint
-
     tracker.log_metrics(summary["metrics"])
     timings = {f"time/{k}": v for k, v in summary["timings"].items()}
     tracker.log_metrics(timings)
     protocol = summary["protocol"]
     if protocol:
-        tracker.log_params({"protocol": protocol})
-        tracker.set_tags({"protocol.fingerprint": protocol_fingerprint(protocol)})
+        tracker.log_protocol(protocol)
     tracker.log_dict(summary, "metrics.json")
     tracker.log_artifacts(bundle_dir, "bundle")
     # the figures exist only for the run: importing matplotlib and building them is tracking

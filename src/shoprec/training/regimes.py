@@ -280,6 +280,20 @@ class _NextItemModule(L.LightningModule):
     model: GRU4Rec | SASRec
     cutoff: int
 
+    def _build(
+        self,
+        model_class: type[GRU4Rec] | type[SASRec],
+        model: GRU4RecConfig | SASRecConfig,
+        config: SessionParallelConfig | SequenceConfig,
+    ) -> None:
+        """Hyper-parameters, the validation cut-off, and the model, initialised from
+        ``config.seed`` without touching the global random state."""
+        self.save_hyperparameters({"model": model.model_dump(), "regime": config.model_dump()})
+        self.cutoff = config.cutoff
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = model_class(model)  # type: ignore[arg-type]
+
     def validation_step(self, batch: CasesBatch, batch_idx: int) -> None:
         scores = self.model.score(batch.prefixes)  # (B, N+1)
         ranks = pessimistic_ranks(scores, batch.targets)  # (B,)
@@ -296,14 +310,12 @@ class _NextItemModule(L.LightningModule):
 class SessionParallelModule(_NextItemModule):
     """Trains :class:`GRU4Rec` on :class:`SessionParallelBatch` steps."""
 
+    model: GRU4Rec
+
     def __init__(self, model: GRU4RecConfig, config: SessionParallelConfig) -> None:
         super().__init__()
-        self.save_hyperparameters({"model": model.model_dump(), "regime": config.model_dump()})
         self.config = config
-        self.cutoff = config.cutoff
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.model: GRU4Rec = GRU4Rec(model)
+        self._build(GRU4Rec, model, config)
         self.model.sparse_grad = config.optimizer == "adagrad"
         self._dense_item_grads = False
         self._hidden: list[torch.Tensor] | None = None
@@ -454,8 +466,6 @@ class _PreparedDataModule(L.LightningDataModule):
     this process's rank) and its validation cases, if any. ``sessions``: the train sessions
     when the caller has read them already (``fit`` has), else they are read here."""
 
-    val_max_len: int | None = None  # cases longer than this keep their last items
-
     def __init__(
         self,
         model: GRU4RecConfig | SASRecConfig,
@@ -466,14 +476,19 @@ class _PreparedDataModule(L.LightningDataModule):
         super().__init__()
         if model.n_items != dataset.n_items:
             raise ValueError(f"model n_items={model.n_items} but dataset has {dataset.n_items}")
+        self.model_config = model
+        self.config = config
         self.dataset = dataset
         self.sessions = sessions
-        self.val_batch_size = config.val_batch_size
         self._train: DataLoader[Any] | None = None
         self._valid: tuple[list[list[int]], list[int]] | None = None
 
     def _train_loader(self, sessions: Sequence[np.ndarray], rank: int, world: int) -> Any:
         raise NotImplementedError
+
+    def _val_max_len(self) -> int | None:
+        """Validation prefixes longer than this keep their last items (None: all)."""
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
@@ -492,22 +507,16 @@ class _PreparedDataModule(L.LightningDataModule):
         self.setup()
         if self._valid is None:
             return []
-        return cases_loader(*self._valid, batch_size=self.val_batch_size, max_len=self.val_max_len)
+        return cases_loader(
+            *self._valid, batch_size=self.config.val_batch_size, max_len=self._val_max_len()
+        )
 
 
 class SessionParallelDataModule(_PreparedDataModule):
     """Train sessions of a prepared dataset as session-parallel steps; valid cases if any."""
 
-    def __init__(
-        self,
-        model: GRU4RecConfig,
-        config: SessionParallelConfig,
-        dataset: PreparedDataset,
-        sessions: Sequence[np.ndarray] | None = None,
-    ) -> None:
-        super().__init__(model, config, dataset, sessions)
-        self.model_config = model
-        self.config = config
+    model_config: GRU4RecConfig
+    config: SessionParallelConfig
 
     def _train_loader(self, sessions: Sequence[np.ndarray], rank: int, world: int) -> Any:
         return session_parallel_loader(
@@ -519,14 +528,12 @@ class SessionParallelDataModule(_PreparedDataModule):
 class SequenceModule(_NextItemModule):
     """Trains :class:`SASRec` on :class:`SequenceBatch` batches."""
 
+    model: SASRec
+
     def __init__(self, model: SASRecConfig, config: SequenceConfig) -> None:
         super().__init__()
-        self.save_hyperparameters({"model": model.model_dump(), "regime": config.model_dump()})
         self.config = config
-        self.cutoff = config.cutoff
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.model: SASRec = SASRec(model)
+        self._build(SASRec, model, config)
         self.beta = 1.0
         if config.loss == "gbce":
             self.beta = gbce_beta(config.n_negatives, model.n_items, config.gbce_t)
@@ -606,17 +613,11 @@ def sequence_loader(
 class SequenceDataModule(_PreparedDataModule):
     """Train sessions of a prepared dataset as SASRec sequences; valid cases if any."""
 
-    def __init__(
-        self,
-        model: SASRecConfig,
-        config: SequenceConfig,
-        dataset: PreparedDataset,
-        sessions: Sequence[np.ndarray] | None = None,
-    ) -> None:
-        super().__init__(model, config, dataset, sessions)
-        self.model_config = model
-        self.config = config
-        self.val_max_len = model.max_len
+    model_config: SASRecConfig
+    config: SequenceConfig
+
+    def _val_max_len(self) -> int | None:
+        return self.model_config.max_len
 
     def _train_loader(self, sessions: Sequence[np.ndarray], rank: int, world: int) -> Any:
         m = self.model_config
