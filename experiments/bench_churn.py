@@ -105,11 +105,11 @@ ABLATIONS: dict[str, dict[str, list[str]]] = {
         "4 RFM features + BG/NBD, one net": ["net.ensemble=1"],
     },
     "synth": {
-        "all 28 features, one net, dropout 0.1 (the previous config)": [
-            *_ALL,
-            "net.dropout=0.1",
+        "28 base features, [64, 32], ensemble of 5 (the previous config: old features)": [
+            "features.extended=false",
+            "net.bgnbd=false",
         ],
-        "all 28 features, one net, dropout 0.2": _ALL,
+        "28 base + 27 extended features, no BG/NBD, ensemble of 5": ["net.bgnbd=false"],
     },
 }
 
@@ -164,12 +164,21 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def run_ablation(
-    name: str, base: ChurnConfig, events: pl.DataFrame, workdir: Path, seeds: int
+    name: str,
+    base: ChurnConfig,
+    events: pl.DataFrame,
+    workdir: Path,
+    seeds: int,
+    truth: pl.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
-    """The network variants of :data:`ABLATIONS` with the same seeds: valid and test metrics."""
+    """The network variants of :data:`ABLATIONS` with the same seeds: valid and test metrics
+    (and, with ``truth``, the ROC-AUC against the generator's truth at both cut-offs)."""
     out = []
     for label, overrides in ABLATIONS.get(name, {}).items():
-        per: dict[str, list[float]] = {k: [] for k in ("valid_roc", "valid_pr", "roc", "pr")}
+        keys = ["valid_roc", "valid_pr", "roc", "pr"]
+        if truth is not None:
+            keys += ["valid_truth_roc", "truth_roc"]
+        per: dict[str, list[float]] = {k: [] for k in keys}
         t0 = time.perf_counter()
         for seed in range(seeds):
             cfg = load_churn_config(base, [*overrides, f"seed={seed}"])
@@ -179,6 +188,11 @@ def run_ablation(
             per["valid_pr"].append(entry["valid"]["raw"]["pr_auc"])
             per["roc"].append(entry["test"]["calibrated"]["roc_auc"])
             per["pr"].append(entry["test"]["calibrated"]["pr_auc"])
+            if truth is not None:
+                per["valid_truth_roc"].append(
+                    issue_truth_auc(res.predictions, truth, cfg, "valid")[NET]
+                )
+                per["truth_roc"].append(issue_truth_auc(res.predictions, truth, cfg, "test")[NET])
         stats = {k: _mean_std(v) for k, v in per.items()}
         out.append(
             {
@@ -234,6 +248,7 @@ def run_dataset(
         }
         if truth is not None:
             run["truth"] = truth_metrics(test, truth, cfg)
+            run["valid_truth"] = issue_truth_auc(res.predictions, truth, cfg, "valid")
         if seed == 0:
             run["data"] = res.metrics["data"]
             run["features"] = res.metrics["features"]
@@ -261,8 +276,8 @@ def run_dataset(
         per["test_log_loss_raw"] = _mean_std([r["models"][m]["test_raw"]["log_loss"] for r in runs])
         per["test_ece_raw"] = _mean_std([r["models"][m]["test_raw"]["ece"] for r in runs])
         summary[m] = per
-    variants = run_ablation(name, base, events, workdir, seeds) if ablation else []
-    chosen = {
+    variants = run_ablation(name, base, events, workdir, seeds, truth) if ablation else []
+    chosen: dict[str, Any] = {
         "variant": "the config's network (" + _net_label(base) + ")",
         "overrides": [],
         "valid_roc": summary[NET]["valid_roc_auc"],
@@ -270,6 +285,9 @@ def run_dataset(
         "roc": summary[NET]["roc_auc"],
         "pr": summary[NET]["pr_auc"],
     }
+    if truth is not None:
+        chosen["valid_truth_roc"] = _mean_std([r["valid_truth"][NET] for r in runs])
+        chosen["truth_roc"] = _mean_std([r["truth"]["issue"][NET]["roc_auc"] for r in runs])
     return {
         "name": name,
         "config_path": str(config_path.relative_to(REPO)),
@@ -305,6 +323,22 @@ TRUTH = {
     "gone_by_T_plus_H": "not alive at T + H (lapsed before T or in (T, T + H]; whole cohort)",
     "gone_by_T": "already lapsed at T (whole cohort)",
 }
+
+
+def issue_truth_auc(
+    predictions: pl.DataFrame, customers: pl.DataFrame, cfg: ChurnConfig, split: str
+) -> dict[str, float]:
+    """Each model's ROC-AUC against the issue's ground truth (alive at T, lapses in (T, T + H])
+    at the split's (single) cut-off: what the synth settings were chosen on (``valid``)."""
+    t = cfg.cutoffs(split)[0]
+    lapse = pl.col("lapse_time")
+    rows = (
+        predictions.filter(pl.col("split") == split)
+        .join(customers.select(schema.USER_ID, "lapse_time"), on=schema.USER_ID)
+        .filter(lapse.is_null() | (lapse > t))
+    )
+    y = rows.select(lapse.is_not_null() & (lapse <= t + cfg.horizon)).to_series().to_numpy()
+    return {m: float(roc_auc_score(y, rows.get_column(m).to_numpy())) for m in MODELS}
 
 
 def truth_metrics(test: pl.DataFrame, customers: pl.DataFrame, cfg: ChurnConfig) -> dict[str, Any]:
@@ -446,6 +480,19 @@ def dataset_section(d: dict[str, Any]) -> list[str]:
                 f"{_f(v['roc'])} | {_f(v['pr'])} |"
             )
         lines.append("")
+        if "truth_roc" in d["ablation"][0]:
+            lines += [
+                "The same variants against the generator's truth (the issue's definition), at "
+                "the validation cut-off (where the settings were chosen) and at the test cut-off:",
+                "",
+                "| network | ROC-AUC vs truth, valid | ROC-AUC vs truth, test |",
+                "|---|---|---|",
+                *(
+                    f"| {v['variant']} | {_f(v['valid_truth_roc'])} | {_f(v['truth_roc'])} |"
+                    for v in d["ablation"]
+                ),
+                "",
+            ]
         by_label = {v["variant"]: v for v in d["ablation"]}
         for label, v in by_label.items():
             without = by_label.get(label.replace(" + BG/NBD", ""))
@@ -620,7 +667,7 @@ def write_report(result: dict[str, Any], md_path: Path) -> None:
     md_path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def merge_results(paths: list[Path], outdir: Path, day: str) -> int:
+def merge_results(paths: list[Path], outdir: Path, day: str, suffix: str = "") -> int:
     """One report from several runs (each over a subset of the datasets, same protocol):
     datasets in the given order, every run's command, the summed time, the notes of all."""
     parts = [json.loads(p.read_text("utf-8")) for p in paths]
@@ -642,7 +689,7 @@ def merge_results(paths: list[Path], outdir: Path, day: str) -> int:
             (p["cdnow_bgnbd_vs_fhl2005"] for p in parts if p.get("cdnow_bgnbd_vs_fhl2005")), None
         ),
     }
-    out = outdir / f"{day}-churn"
+    out = outdir / f"{day}-churn{suffix}"
     out.with_suffix(".json").write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
     write_report(merged, out.with_suffix(".md"))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
@@ -657,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=["cdnow", "diginetica", "synth"])
     ap.add_argument("--render", default=None, help="only re-write the .md from this JSON")
     ap.add_argument("--outdir", default=str(REPO / "experiments"), help="report folder")
+    ap.add_argument("--suffix", default="", help="report name: DATE-churn<SUFFIX>.json / .md")
     ap.add_argument("--no-ablation", action="store_true", help="skip the network variants")
     ap.add_argument(
         "--merge",
@@ -671,7 +719,9 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads(path.read_text("utf-8")), path.with_suffix(".md"))
         return 0
     if args.merge:
-        return merge_results([Path(p) for p in args.merge], Path(args.outdir), args.date)
+        return merge_results(
+            [Path(p) for p in args.merge], Path(args.outdir), args.date, args.suffix
+        )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-churn-"))
     start = time.perf_counter()
     datasets = []
@@ -751,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "cdnow_bgnbd_vs_fhl2005": fhl if "cdnow" in args.only else None,
     }
-    out = Path(args.outdir) / f"{args.date}-churn"
+    out = Path(args.outdir) / f"{args.date}-churn{args.suffix}"
     out.with_suffix(".json").write_text(
         json.dumps(jsonable(result), indent=2) + "\n", encoding="utf-8"
     )

@@ -64,6 +64,10 @@ class FeatureConfig(StrictModel):
     # synthetic storefront) or ``price`` (price already holds the line total: the CDNOW preset
     # maps ``dollar_value``, the amount paid for all ``n_cds`` of the line, onto ``price``).
     monetary: Literal["price_x_quantity", "price"] = "price_x_quantity"
+    # Add shoprec.churn.features.EXTENDED_FEATURES: visits in 7 / 14 / 28 / 56 / 112-day
+    # windows, recency against the customer's own visit rhythm, and the recent-vs-earlier change
+    # of session depth, cart rate, abandonment and basket size.
+    extended: bool = False
 
 
 class NetConfig(StrictModel):

@@ -14,6 +14,16 @@ tenure and zero frequency / monetary value.
 
 Every feature is a Float64 in natural units (days, counts, money), so drivers can be read as
 they are; the network transforms and standardizes them itself.
+
+With ``features.extended`` (:data:`EXTENDED_FEATURES`, added after :data:`FEATURES`) come the
+cadence and window features of churn practice: visits (sessions) in the last 7 / 14 / 28 / 56
+/ 112 days and recent-vs-longer visit rates, recency relative to the customer's own visit
+rhythm (median, latest and longest gap between active days: an "overdue" ratio), the change of
+session depth, add-to-cart rate, cart abandonment and basket size between a recent and an
+earlier window, and the days since the last cart. A window's rate is divided by the part of
+the window the customer was known (``min(w, tenure)``, at least one day), so new customers are
+not read as slowing down. A ratio whose earlier side has no data is 1 (no evidence of a
+change), a difference 0, and a "days since" without the event is ``tenure_days``.
 """
 
 from __future__ import annotations
@@ -36,10 +46,14 @@ from shoprec.churn.labels import (
 )
 
 __all__ = [
+    "ALL_FEATURES",
+    "EXTENDED_FEATURES",
     "FEATURES",
     "RFM_FEATURES",
+    "WINDOWS_DAYS",
     "build_examples",
     "compute_features",
+    "feature_names",
 ]
 
 FEATURES: tuple[str, ...] = (
@@ -73,6 +87,43 @@ FEATURES: tuple[str, ...] = (
     "single_purchase",  # 1.0 when frequency == 1
 )
 RFM_FEATURES: tuple[str, ...] = ("recency_days", "frequency", "monetary_mean")
+WINDOWS_DAYS: tuple[int, ...] = (7, 14, 28, 56, 112)
+# recent / earlier windows of the change features: [T - 28, T) vs [T - 112, T - 28) for
+# sessions, carts and abandonment; [T - 56, T) vs [T - 112, T - 56) for (rarer) purchases
+_RECENT, _LONG, _BASKET = 28, 112, 56
+_EWM_DAYS: tuple[int, ...] = (7, 28, 84)  # decay times of the exponentially weighted visits
+EXTENDED_FEATURES: tuple[str, ...] = (
+    *(f"sessions_{w}d" for w in WINDOWS_DAYS),  # sessions started in [T - w, T)
+    "visit_rate_ratio_14_56",  # sessions per known day in the last 14 / in the last 56 days
+    "visit_rate_ratio_28_112",  # the same, 28 / 112 days
+    "visit_gap_median_days",  # median days between consecutive active days (one day: tenure)
+    "visit_gap_last_days",  # mean of the last (up to) 3 gaps (one active day: tenure)
+    "visit_gap_max_days",  # longest gap (one active day: tenure)
+    "visit_gap_growth",  # (visit_gap_last_days + 1) / (visit_gap_median_days + 1)
+    "overdue_ratio",  # activity_recency_days / (visit_gap_median_days + 1)
+    "silence_vs_max_gap",  # activity_recency_days / (visit_gap_max_days + 1)
+    "views_per_session_recent",  # views per session started in the last 28 days (0: none)
+    "views_per_session_ratio",  # (recent + 1) / (earlier [T-112, T-28) + 1); 1 if a side is empty
+    "cart_rate_recent",  # carts / views in the last 28 days (0 without views)
+    "cart_rate_ratio",  # (recent + 0.05) / (earlier + 0.05); 1 if a side has no views
+    "abandonment_recent",  # abandoned / cart sessions in the last 28 days (0 without)
+    "abandonment_change",  # recent - earlier [T-112, T-28); 0 if a side has no cart session
+    "basket_items_ratio",  # items per buying session, last 56 vs [T-112, T-56); 1 if a side empty
+    "days_since_last_cart",  # days since the last cart event (none: tenure_days)
+    *(f"visits_ewm_{h}d" for h in _EWM_DAYS),  # sum over sessions of exp(-age / h days)
+    "visit_intensity_ratio",  # (visits_ewm_14d / 14) / (visits_ewm_84d / 84); 0 if none
+    "views_last3_ratio",  # (views per session, last 3 sessions + 1) / (all sessions + 1)
+    "carts_last3_ratio",  # (carts per session, last 3 + 0.1) / (all + 0.1)
+)
+ALL_FEATURES: tuple[str, ...] = (*FEATURES, *EXTENDED_FEATURES)
+
+
+def feature_names(config: FeatureConfig | ChurnConfig | None = None) -> tuple[str, ...]:
+    """The features :func:`compute_features` returns under ``config``: :data:`FEATURES`,
+    plus :data:`EXTENDED_FEATURES` with ``features.extended``."""
+    fc = config.features if isinstance(config, ChurnConfig) else (config or FeatureConfig())
+    return ALL_FEATURES if fc.extended else FEATURES
+
 
 _US_PER_DAY = 86_400_000_000
 
@@ -92,7 +143,7 @@ def compute_features(
     config: FeatureConfig | ChurnConfig | None = None,
     users: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """``user_id`` + :data:`FEATURES` at ``cutoff``, one row per customer, sorted by user.
+    """``user_id`` + :func:`feature_names` at ``cutoff``, one row per customer, sorted by user.
 
     Only events strictly before ``cutoff`` are read. ``users`` (a frame with ``user_id``)
     restricts / orders the output, e.g. to the churn cohort; by default every customer with an
@@ -240,11 +291,166 @@ def compute_features(
         _trend("purchases_recent", "purchases_earlier").alias("purchase_trend"),
         _trend("events_recent", "events_earlier").alias("activity_trend"),
     )
+    names = feature_names(fc)
+    if fc.extended:
+        out = out.join(_extended(lf, t), on=schema.USER_ID, how="left").with_columns(
+            _fill_extended()
+        )
     return (
-        out.select(schema.USER_ID, *(pl.col(f).cast(pl.Float64) for f in FEATURES))
+        out.select(schema.USER_ID, *(pl.col(f).cast(pl.Float64) for f in names))
         .sort(schema.USER_ID)
         .collect()
     )
+
+
+def _ratio_or_one(num: pl.Expr, den: pl.Expr, ok: pl.Expr) -> pl.Expr:
+    return pl.when(ok).then(num / den).otherwise(1.0)
+
+
+def _extended(lf: pl.LazyFrame, t: datetime) -> pl.LazyFrame:
+    """The raw parts of :data:`EXTENDED_FEATURES` per customer (events ``< t`` in ``lf``,
+    with the ``_session`` / ``_day`` keys of :func:`compute_features`)."""
+    ts = pl.col(schema.TIMESTAMP)
+    et = pl.col(schema.EVENT_TYPE)
+    lit_t = pl.lit(t, dtype=schema.UTC_TIMESTAMP)
+
+    def since(days: int) -> pl.Expr:
+        return pl.lit(t - timedelta(days=days), dtype=schema.UTC_TIMESTAMP)
+
+    qty = pl.col(schema.QUANTITY).fill_null(1).cast(pl.Float64)
+    sessions = lf.group_by(schema.USER_ID, "_session").agg(
+        ts.min().alias("_start"),
+        (et == schema.VIEW).sum().cast(pl.Float64).alias("_views"),
+        (et == schema.CART).sum().cast(pl.Float64).alias("_carts"),
+        (et == schema.CART).any().alias("_has_cart"),
+        (et == schema.PURCHASE).any().alias("_has_purchase"),
+        qty.filter(et == schema.PURCHASE).sum().alias("_items"),
+    )
+    start = pl.col("_start")
+    recent = start >= since(_RECENT)
+    earlier = (start >= since(_LONG)) & ~recent
+    b_recent = start >= since(_BASKET)
+    b_earlier = (start >= since(_LONG)) & ~b_recent
+    abandoned = pl.col("_has_cart") & ~pl.col("_has_purchase")
+    buying = pl.col("_has_purchase")
+
+    def total(col: str | pl.Expr, mask: pl.Expr, name: str) -> pl.Expr:
+        expr = pl.col(col) if isinstance(col, str) else col
+        return expr.filter(mask).sum().cast(pl.Float64).alias(name)
+
+    age = _days(lit_t - start)
+    per_session = (
+        sessions.sort(schema.USER_ID, "_start")
+        .group_by(schema.USER_ID)
+        .agg(
+            *((-age / h).exp().sum().alias(f"visits_ewm_{h}d") for h in (*_EWM_DAYS, 14)),
+            ((pl.col("_views").tail(3).mean() + 1.0) / (pl.col("_views").mean() + 1.0)).alias(
+                "views_last3_ratio"
+            ),
+            ((pl.col("_carts").tail(3).mean() + 0.1) / (pl.col("_carts").mean() + 0.1)).alias(
+                "carts_last3_ratio"
+            ),
+            *(
+                (start >= since(w)).sum().cast(pl.Float64).alias(f"sessions_{w}d")
+                for w in WINDOWS_DAYS
+            ),
+            earlier.sum().cast(pl.Float64).alias("_n_e"),
+            total("_views", recent, "_v_r"),
+            total("_views", earlier, "_v_e"),
+            total("_carts", recent, "_c_r"),
+            total("_carts", earlier, "_c_e"),
+            total("_has_cart", recent, "_cs_r"),
+            total("_has_cart", earlier, "_cs_e"),
+            total(abandoned, recent, "_ab_r"),
+            total(abandoned, earlier, "_ab_e"),
+            total("_items", buying & b_recent, "_it_r"),
+            total("_items", buying & b_earlier, "_it_e"),
+            total(buying, b_recent, "_bs_r"),
+            total(buying, b_earlier, "_bs_e"),
+        )
+    )
+    gaps = _days(pl.col("_day").unique().sort().diff()).drop_nulls()
+    per_user = lf.group_by(schema.USER_ID).agg(
+        _days(lit_t - ts.max()).alias("_recency"),
+        _days(lit_t - ts.min()).alias("_tenure"),
+        gaps.median().alias("_gap_median"),
+        gaps.tail(3).mean().alias("_gap_last"),
+        gaps.max().alias("_gap_max"),
+        _days(lit_t - ts.filter(et == schema.CART).max()).alias("_since_cart"),
+    )
+    tenure = pl.col("_tenure")
+
+    def rate(w: int) -> pl.Expr:
+        return pl.col(f"sessions_{w}d") / pl.min_horizontal(tenure, pl.lit(float(w))).clip(
+            lower_bound=1.0
+        )
+
+    gap_median = pl.col("_gap_median").fill_null(tenure)
+    gap_last = pl.col("_gap_last").fill_null(tenure)
+    gap_max = pl.col("_gap_max").fill_null(tenure)
+    n_r = pl.col(f"sessions_{_RECENT}d")
+    n_e = pl.col("_n_e")
+    vps_r = pl.col("_v_r") / n_r
+    vps_e = pl.col("_v_e") / n_e
+    cr_r = pl.col("_c_r") / pl.col("_v_r")
+    cr_e = pl.col("_c_e") / pl.col("_v_e")
+    ab_r = pl.col("_ab_r") / pl.col("_cs_r")
+    ab_e = pl.col("_ab_e") / pl.col("_cs_e")
+    return (
+        per_user.join(per_session, on=schema.USER_ID, how="left")
+        .with_columns(pl.col(f"sessions_{w}d").fill_null(0.0) for w in WINDOWS_DAYS)
+        .select(
+            schema.USER_ID,
+            *(pl.col(f"sessions_{w}d") for w in WINDOWS_DAYS),
+            *(pl.col(f"visits_ewm_{h}d") for h in _EWM_DAYS),
+            pl.when(pl.col("visits_ewm_84d") > 0)
+            .then((pl.col("visits_ewm_14d") / 14.0) / (pl.col("visits_ewm_84d") / 84.0))
+            .otherwise(0.0)
+            .alias("visit_intensity_ratio"),
+            pl.col("views_last3_ratio"),
+            pl.col("carts_last3_ratio"),
+            pl.when(rate(56) > 0)
+            .then(rate(14) / rate(56))
+            .otherwise(0.0)
+            .alias("visit_rate_ratio_14_56"),
+            pl.when(rate(112) > 0)
+            .then(rate(28) / rate(112))
+            .otherwise(0.0)
+            .alias("visit_rate_ratio_28_112"),
+            gap_median.alias("visit_gap_median_days"),
+            gap_last.alias("visit_gap_last_days"),
+            gap_max.alias("visit_gap_max_days"),
+            ((gap_last + 1.0) / (gap_median + 1.0)).alias("visit_gap_growth"),
+            (pl.col("_recency") / (gap_median + 1.0)).alias("overdue_ratio"),
+            (pl.col("_recency") / (gap_max + 1.0)).alias("silence_vs_max_gap"),
+            pl.when(n_r > 0).then(vps_r).otherwise(0.0).alias("views_per_session_recent"),
+            _ratio_or_one(vps_r + 1.0, vps_e + 1.0, (n_r > 0) & (n_e > 0)).alias(
+                "views_per_session_ratio"
+            ),
+            pl.when(pl.col("_v_r") > 0).then(cr_r).otherwise(0.0).alias("cart_rate_recent"),
+            _ratio_or_one(
+                cr_r + 0.05, cr_e + 0.05, (pl.col("_v_r") > 0) & (pl.col("_v_e") > 0)
+            ).alias("cart_rate_ratio"),
+            pl.when(pl.col("_cs_r") > 0).then(ab_r).otherwise(0.0).alias("abandonment_recent"),
+            pl.when((pl.col("_cs_r") > 0) & (pl.col("_cs_e") > 0))
+            .then(ab_r - ab_e)
+            .otherwise(0.0)
+            .alias("abandonment_change"),
+            _ratio_or_one(
+                pl.col("_it_r") / pl.col("_bs_r"),
+                pl.col("_it_e") / pl.col("_bs_e"),
+                (pl.col("_bs_r") > 0) & (pl.col("_bs_e") > 0),
+            ).alias("basket_items_ratio"),
+            pl.col("_since_cart").fill_null(tenure).alias("days_since_last_cart"),
+        )
+    )
+
+
+def _fill_extended() -> list[pl.Expr]:
+    """A listed customer without events: zero activity, ratios 1, no gaps (zero tenure)."""
+    ones = {"views_per_session_ratio", "cart_rate_ratio", "basket_items_ratio"}
+    ones |= {"visit_gap_growth", "views_last3_ratio", "carts_last3_ratio"}
+    return [pl.col(f).fill_null(1.0 if f in ones else 0.0) for f in EXTENDED_FEATURES]
 
 
 def build_examples(
@@ -254,12 +460,13 @@ def build_examples(
     *,
     check: bool = True,
 ) -> pl.DataFrame:
-    """Stacked ``cutoff, user_id, FEATURES..., churned`` rows for each cut-off's cohort.
+    """Stacked ``cutoff, user_id, <feature_names(config)>..., churned`` rows per cut-off.
 
     Features read events ``< T``, labels events in ``(T, T + H]``; ``check`` refuses a
     cut-off whose horizon runs past the end of the log (see ``allow_censored_labels``).
     """
     lf = as_events(events).collect().lazy()  # read / cast once, reuse for every cut-off
+    names = feature_names(config)
     frames = []
     for cutoff in cutoffs:
         t = utc(cutoff)
@@ -272,7 +479,7 @@ def build_examples(
             feats.join(labels, on=schema.USER_ID, how="left").select(
                 pl.lit(t, dtype=schema.UTC_TIMESTAMP).alias(CUTOFF),
                 schema.USER_ID,
-                *FEATURES,
+                *names,
                 CHURNED,
             )
         )
@@ -281,7 +488,7 @@ def build_examples(
             schema={
                 CUTOFF: schema.UTC_TIMESTAMP,
                 schema.USER_ID: pl.String(),
-                **dict.fromkeys(FEATURES, pl.Float64()),
+                **dict.fromkeys(names, pl.Float64()),
                 CHURNED: pl.Int8(),
             }
         )

@@ -39,7 +39,7 @@ from shoprec import __version__, schema
 from shoprec.churn.baselines import BGNBDChurn, GradientBoostedTrees, LogisticRFM
 from shoprec.churn.calibration import Calibrator, fit_calibrator
 from shoprec.churn.config import ChurnConfig, NetConfig
-from shoprec.churn.features import FEATURES, build_examples
+from shoprec.churn.features import build_examples, feature_names
 from shoprec.churn.hybrid import BGNBD_FEATURES, add_bgnbd_features, fit_bgnbd
 from shoprec.churn.labels import CHURNED, CUTOFF, ChurnDataError, as_events
 from shoprec.churn.metrics import churn_metrics
@@ -289,10 +289,12 @@ def train_ensemble(
 def net_features(base: list[str], config: ChurnConfig) -> list[str]:
     """The network's inputs: ``net.features`` (or ``base``) plus the BG/NBD quantities."""
     chosen = list(config.net.features) if config.net.features is not None else list(base)
-    unknown = [f for f in chosen if f not in FEATURES]
+    known = feature_names(config)
+    unknown = [f for f in chosen if f not in known]
     if unknown:
         raise ConfigError(
-            f"net.features: unknown feature(s) {unknown}; choose from {', '.join(FEATURES)}"
+            f"net.features: unknown feature(s) {unknown}; choose from {', '.join(known)}"
+            + ("" if config.features.extended else " (features.extended adds more)")
         )
     if not chosen and not config.net.bgnbd:
         raise ConfigError("net.features is empty and net.bgnbd is false: the net has no input")
@@ -300,12 +302,14 @@ def net_features(base: list[str], config: ChurnConfig) -> list[str]:
 
 
 def model_features(train: pl.DataFrame, config: ChurnConfig) -> list[str]:
-    """:data:`FEATURES`, minus those constant on the training rows when configured."""
+    """:func:`~shoprec.churn.features.feature_names`, minus those constant on the training
+    rows when configured."""
+    names = list(feature_names(config))
     if not config.features.drop_constant:
-        return list(FEATURES)
-    stats = train.select(pl.col(f).n_unique().alias(f) for f in FEATURES).row(0, named=True)
-    kept = [f for f in FEATURES if stats[f] > 1]
-    return kept or list(FEATURES)
+        return names
+    stats = train.select(pl.col(f).n_unique().alias(f) for f in names).row(0, named=True)
+    kept = [f for f in names if stats[f] > 1]
+    return kept or names
 
 
 def _split_summary(frame: pl.DataFrame, cutoffs: list[Any]) -> dict[str, Any]:
