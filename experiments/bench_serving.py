@@ -269,10 +269,13 @@ async def load(
 # --- workload ------------------------------------------------------------------------------------
 def workload(ids: list[str], seed: int, n_users: int) -> dict[str, Any]:
     """Events for ``n_users`` shoppers and request pools for each endpoint: items drawn
-    Zipf(0.9) over ``ids`` (most popular first)."""
+    Zipf(0.9) over ``ids`` (most popular first). ``next_items`` asks for each shopper's last
+    10 views once (a random session per request: no GRU state cache hits within a pass of the
+    pool); ``next_items_clicks`` replays each shopper's session click by click, the whole
+    session so far after each click (what a storefront sends; a state cache hits there)."""
     rng = random.Random(seed)
     weights = [1.0 / (i**0.9) for i in range(1, len(ids) + 1)]
-    events, next_items, recent = [], [], []
+    events, next_items, recent, clicks = [], [], [], []
     for u in range(n_users):
         length = rng.randint(2, 20)
         items = rng.choices(ids, weights=weights, k=length)
@@ -289,12 +292,16 @@ def workload(ids: list[str], seed: int, n_users: int) -> dict[str, Any]:
         ]
         body = {"items": items[-10:], "k": 10}
         next_items.append(("next_items", encode("POST", "/next_items", body)))
+        for j in range(1, length + 1):  # the storefront after each click: the session so far
+            body = {"items": items[:j], "k": 10}
+            clicks.append(("next_items_clicks", encode("POST", "/next_items", body)))
         body = {"user_id": f"user-{u}", "limit": 10}
         recent.append(("recently_viewed", encode("POST", "/recently_viewed", body)))
     return {
         "events": events,
         "livez": [("livez", encode("GET", "/livez", None))],
         "next_items": next_items,
+        "next_items_clicks": clicks,
         "recently_viewed": recent,
     }
 
@@ -309,24 +316,57 @@ async def seed_store(port: int, events: list[dict[str, Any]]) -> None:
     writer.close()
 
 
-def model_cost(bundle: Path, pools: dict[str, Any], reps: int = 200) -> dict[str, Any]:
+def pool_sessions(pool: list[tuple[str, bytes]]) -> list[list[str]]:
+    return [json.loads(r.split(b"\r\n\r\n", 1)[1])["items"] for _, r in pool]
+
+
+def interleave_clicks(clicks: list[list[str]], streams: int) -> list[list[str]]:
+    """The click-by-click requests of ``streams`` shoppers at a time, round robin: a batch of
+    ``streams`` requests then holds one click of each (as concurrent shoppers would send)."""
+    sessions: list[list[list[str]]] = []
+    for request in clicks:
+        if len(request) == 1 or not sessions:
+            sessions.append([])
+        sessions[-1].append(request)
+    out: list[list[str]] = []
+    for lo in range(0, len(sessions), streams):
+        group = sessions[lo : lo + streams]
+        for step in range(max(len(g) for g in group)):
+            out += [g[step] for g in group if step < len(g)]
+    return out
+
+
+def model_cost(
+    bundle: Path,
+    pools: dict[str, Any],
+    reps: int = 200,
+    pool: str = "next_items",
+    state_cache: int = 0,
+) -> dict[str, Any]:
     """In-process cost of Recommender.next_items_batch for 1 and 8 sessions (k=10, viewed
     items excluded, as the endpoint): what the model path costs without HTTP, on the same
     machine and in the same minute as the load test. Wall and CPU (thread) ms per call,
-    p50/p99 over ``reps`` calls on different sessions."""
+    p50/p99 over ``reps`` calls on different sessions. By default the random sessions with
+    no state cache (every GRU step runs); ``pool="next_items_clicks", state_cache=N`` gives
+    the click-by-click cost with the cache (labelled so in the output)."""
     import torch
 
     from shoprec.export import load_bundle
     from shoprec.inference import Recommender
 
     torch.set_num_threads(1)  # as the service (serving/config.yaml: server.torch_threads)
-    rec = Recommender(load_bundle(bundle))
-    sessions = [json.loads(r.split(b"\r\n\r\n", 1)[1])["items"] for _, r in pools["next_items"]]
-    out: dict[str, Any] = {"top_k": "bf16 candidates + exact" if rec.dot else "full ranking"}
+    rec = Recommender(load_bundle(bundle), state_cache=state_cache)
+    sessions = pool_sessions(pools[pool])
+    out: dict[str, Any] = {
+        "workload": pool,
+        "state_cache": rec.states.capacity if rec.states else 0,
+        "top_k": f"{rec.dot.coarse.kind} candidates + exact" if rec.dot else "full ranking",
+    }
     for b in (1, 8):
         wall, cpu, cands = [], [], []
+        order = sessions if pool == "next_items" else interleave_clicks(sessions, b)
         for j in range(reps + 10):
-            batch = [sessions[(j * b + q) % len(sessions)] for q in range(b)]
+            batch = [order[(j * b + q) % len(order)] for q in range(b)]
             excl = [set(s) for s in batch]
             c0, t0 = time.thread_time(), time.perf_counter()
             rec.next_items_batch(batch, 10, excl)
@@ -343,6 +383,63 @@ def model_cost(bundle: Path, pools: dict[str, Any], reps: int = 200) -> dict[str
             }
         if cands:
             out[f"batch_{b}_candidates_p50"] = float(np.percentile(cands, 50))
+            out[f"batch_{b}_candidates_p99"] = float(np.percentile(cands, 99))
+    if rec.states is not None:
+        out["state_lookups"] = dict(rec.states.lookups)
+    return out
+
+
+def compare_in_process(
+    bundle: Path, pools: dict[str, Any], baseline: Path, reps: int = 150
+) -> dict[str, Any]:
+    """Before/after in one process: ``baseline`` is another version's ``inference.py`` (e.g.
+    ``git show HEAD:src/shoprec/inference.py``), loaded as its own module over the same
+    bundle. Calls alternate between the two (the order flips every call), on the same
+    random sessions (no state cache), and the lists are asserted identical on every call."""
+    import importlib.util
+
+    import torch
+
+    from shoprec.export import load_bundle
+    from shoprec.inference import Recommender
+
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("baseline_inference", baseline)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    loaded = load_bundle(bundle)
+    recs = {"before": module.Recommender(loaded), "after": Recommender(loaded)}
+    sessions = pool_sessions(pools["next_items"])
+    out: dict[str, Any] = {"baseline": str(baseline), "reps": reps}
+    for b in (1, 8):
+        times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in recs}
+        score_diff = 0.0
+        for j in range(reps + 10):
+            batch = [sessions[(j * b + q) % len(sessions)] for q in range(b)]
+            excl = [set(x) for x in batch]
+            lists = {}
+            for name in sorted(recs, reverse=bool(j % 2)):
+                c0, t0 = time.thread_time(), time.perf_counter()
+                lists[name] = recs[name].next_items_batch(batch, 10, excl)
+                if j >= 10:
+                    times[name]["wall"].append(time.perf_counter() - t0)
+                    times[name]["cpu"].append(time.thread_time() - c0)
+            for got, want in zip(lists["after"], lists["before"], strict=True):
+                assert [r.item_id for r in got] == [r.item_id for r in want], (batch, got, want)
+                score_diff = max(
+                    score_diff, *(abs(g.score - w.score) for g, w in zip(got, want, strict=True))
+                )
+        for name, kinds in times.items():
+            for kind, values in kinds.items():
+                ms = np.array(values) * 1e3
+                out[f"batch_{b}_{name}_{kind}_ms"] = {
+                    "p50": round(float(np.percentile(ms, 50)), 3),
+                    "p99": round(float(np.percentile(ms, 99)), 3),
+                }
+        out[f"batch_{b}_max_score_diff"] = score_diff
+        out[f"batch_{b}_lists_identical"] = reps + 10
     return out
 
 
@@ -376,6 +473,15 @@ def main(argv: list[str] | None = None) -> None:
         help="alternate /livez and the endpoint on every connection: both measured under the "
         "same load (for a shared machine; the endpoint's throughput is then only half the mix)",
     )
+    ap.add_argument(
+        "--baseline-inference",
+        type=Path,
+        help="also compare in-process with this version of src/shoprec/inference.py "
+        "(before/after, alternating calls, identical lists asserted)",
+    )
+    ap.add_argument(
+        "--in-process-only", action="store_true", help="measure in-process only, no server"
+    )
     ap.add_argument("--out", type=Path, help="write OUT.json")
     args = ap.parse_args(argv)
 
@@ -393,11 +499,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bundle ready in {time.perf_counter() - t:.1f} s: {bundle}", flush=True)
         meta = json.loads((bundle / "bundle.json").read_text())
         pools = workload(catalogue(bundle), args.seed, args.users)
+        warm_pools = workload(catalogue(bundle), args.seed + 1, args.users)
+        floor_req = pools["livez"][0]
         cost = model_cost(bundle, pools)
         print(f"in-process model cost: {cost}", flush=True)
+        cost_clicks = model_cost(bundle, pools, pool="next_items_clicks", state_cache=10_000)
+        print(f"in-process, click by click, state cache on: {cost_clicks}", flush=True)
+        compare = None
+        if args.baseline_inference:
+            compare = compare_in_process(bundle, pools, args.baseline_inference)
+            print(f"in-process before/after: {compare}", flush=True)
         runs = []
         servers = []
         variants = [(v, m) for v in args.server_set for m in args.batching]
+        if args.in_process_only:
+            variants = []
         for variant, mode in variants:
             port = free_port()
             overrides = f"batching.enabled={str(mode == 'on').lower()} {variant}".strip()
@@ -416,9 +532,17 @@ def main(argv: list[str] | None = None) -> None:
                     if args.paired and endpoint != "livez":
                         floor = pools["livez"][0]
                         pool = [r for request in pool for r in (floor, request)]
+                    # the click-by-click pool warms up on other shoppers' sessions: its own
+                    # requests would be in the state cache when the timed run replays them
+                    warm = pool
+                    if endpoint == "next_items_clicks":
+                        other = warm_pools["next_items"]
+                        warm = (
+                            [x for req in other for x in (floor_req, req)] if args.paired else other
+                        )
                     for conc in args.concurrency:
                         if args.warmup:
-                            asyncio.run(load(port, pool, conc, args.warmup))
+                            asyncio.run(load(port, warm, conc, args.warmup))
                         load_before = os.getloadavg()[0]
                         stats = asyncio.run(load(port, pool, conc, args.duration))
                         stats.update(
@@ -447,6 +571,8 @@ def main(argv: list[str] | None = None) -> None:
             "n_items": meta["n_items"],
         },
         "model_cost_in_process": cost,
+        "model_cost_in_process_clicks_cache_on": cost_clicks,
+        "in_process_before_after": compare,
         "servers": servers,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "runs": runs,

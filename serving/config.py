@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -93,11 +93,19 @@ class BatchingConfig(StrictModel):
     max_wait_ms: float = Field(default=0.0, ge=0, le=100)
 
 
+class ModelConfig(StrictModel):
+    """How the next-item model is served (``shoprec.inference.Recommender``)."""
+
+    coarse: Literal["auto", "int8", "bf16"] = "auto"  # the DotScorer's coarse pass
+    state_cache: int = Field(default=10_000, ge=0)  # GRU session states kept (LRU); 0 = off
+
+
 class ServingConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
 
 
 def load_serving_config(env: Mapping[str, str] | None = None) -> ServingConfig:

@@ -252,7 +252,10 @@ class Storefront:
         torch.set_num_threads(self.config.server.torch_threads)
         bundle_path, source = _resolve_bundle()
         self.recommender = Recommender(
-            load_bundle(bundle_path), max_session_len=limits.model_session_len
+            load_bundle(bundle_path),
+            max_session_len=limits.model_session_len,
+            coarse=self.config.model.coarse,
+            state_cache=self.config.model.state_cache,
         )
         self.store: EventStore = open_store(_store_url(self.config), self.config.store.options())
         self.churn: ChurnScorer | None = None
@@ -267,14 +270,17 @@ class Storefront:
         )
         logger.info(
             "storefront ready: next-item %s (%s, %d items, top-k %s), store %s, churn %s, "
-            "batching %s, event loop %s",
+            "batching %s, state cache %d, event loop %s",
             source,
             self.recommender.model.name,
             self.recommender.n_items,
-            "bf16 candidates + exact rescoring" if self.recommender.dot else "full ranking",
+            f"{self.recommender.dot.coarse.kind} candidates + exact rescoring"
+            if self.recommender.dot
+            else "full ranking",
             type(self.store).__name__,
             "on" if self.churn else "off",
             "on" if self.batcher else "off",
+            self.recommender.states.capacity if self.recommender.states else 0,
             _loop_name(),
         )
 

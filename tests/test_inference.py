@@ -345,11 +345,13 @@ def dot_bundle(model_name: str, n_items: int = 300) -> Bundle:
     )
 
 
+@pytest.mark.parametrize("coarse", ["int8", "bf16"])
 @pytest.mark.parametrize("model_name", ["gru4rec", "sasrec"])
-def test_fast_top_k_gives_the_full_ranking_lists(model_name: str) -> None:
+def test_fast_top_k_gives_the_full_ranking_lists(model_name: str, coarse: str) -> None:
     b = dot_bundle(model_name)
-    fast, full = Recommender(b), Recommender(b, fast_top_k=False)
+    fast, full = Recommender(b, coarse=coarse), Recommender(b, fast_top_k=False)
     assert fast.dot is not None and full.dot is None
+    assert fast.dot.coarse.kind == coarse
     rng = np.random.default_rng(2)
     sessions = [
         [f"i{i}" for i in rng.integers(1, 301, size=rng.integers(1, 12))] for _ in range(60)
@@ -380,26 +382,94 @@ def test_fast_top_k_gives_the_full_ranking_lists(model_name: str) -> None:
     ]
 
 
-def test_the_coarse_scores_stay_within_their_bound() -> None:
+def test_int8_is_the_default_coarse_pass_here() -> None:
+    """The int8 kernel exists in this torch (fbgemm) and passes its load-time check."""
+    assert Recommender(dot_bundle("gru4rec")).dot is not None
+    assert Recommender(dot_bundle("gru4rec")).dot.coarse.kind == "int8"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="coarse"):
+        Recommender(dot_bundle("gru4rec"), coarse="fp8")
+
+
+@pytest.mark.parametrize("coarse", ["int8", "bf16"])
+def test_the_coarse_scores_stay_within_their_bound(coarse: str) -> None:
     from shoprec.inference import DotScorer
 
     torch.manual_seed(3)
-    for dim, scale in ((8, 1.0), (100, 1e-3), (512, 30.0)):
+    worst = 0.0
+    for dim, scale in ((8, 1.0), (100, 1e-3), (512, 30.0), (512, 0.05)):
         weight = torch.randn(2000, dim) * scale
         weight[5] *= 1e3  # rows of very different norms
+        weight[6] = 0.0  # and an all-zero row
+        weight[7, :3] = torch.tensor([1e4, -1e-6, 0.5]) * scale  # one huge entry: coarse grid
         bias = torch.randn(2000)
-        v = torch.randn(4, dim) * torch.tensor([[1e-4], [1.0], [10.0], [1e3]])
-        scorer = DotScorer(lambda p, v=v: v[: p.shape[0]], weight, bias)
-        coarse = torch.mm(v.to(torch.bfloat16), scorer.coarse.T).float() + bias
+        v = torch.randn(6, dim) * torch.tensor([[1e-4], [1.0], [10.0], [1e3], [1.0], [0.0]])
+        v[4, 0] = 1e3  # one dominant coordinate: the other ones round to 0 on the int8 grid
+        scorer = DotScorer(lambda p, v=v: v[: p.shape[0]], weight, bias, coarse=coarse)
+        lower, upper = scorer.bounds(v)
         exact = (v.double() @ weight.double().T + bias.double()).float()
-        radius = torch.linalg.vector_norm(v, dim=1, keepdim=True) * scorer.slack
-        radius += scorer.bias_slack
-        assert bool(((coarse - exact).abs() <= radius).all())
+        assert bool((lower <= exact).all()) and bool((exact <= upper).all())
+        # the float32 scores the top k is exact for, within the bound too
+        f32 = torch.mm(v, weight.T) + bias
+        assert bool((lower <= f32).all()) and bool((f32 <= upper).all())
+        err = (exact.double() - (lower.double() + upper.double()) / 2).abs()
+        worst = max(worst, float((err / ((upper.double() - lower.double()) / 2)).max()))
         # and the top-k of the scorer is the exact top-k
         ((idx, _),) = scorer.top(torch.zeros(1, 1, dtype=torch.long), [25], [{3, 4}])
         row = exact[0].clone()
         row[[0, 3, 4]] = -torch.inf
         assert idx.tolist() == row.topk(25).indices.tolist()
+    assert worst < 1.0
+
+
+def test_a_failing_int8_kernel_falls_back_to_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoprec import inference
+
+    def wrong(self: Any, u_grid: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no kernel for this CPU")  # e.g. a torch without fbgemm
+
+    def off_by_a_bit(self: Any, u_grid: torch.Tensor) -> torch.Tensor:
+        out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            u_grid, self.act_scale, inference.INT8_ZERO_POINT, self.packed
+        )
+        return out * (1 + 1e-4)  # e.g. a kernel that saturates or rounds differently
+
+    for fake in (wrong, off_by_a_bit):
+        monkeypatch.setattr(inference._Int8Coarse, "_kernel", fake)
+        rec = Recommender(dot_bundle("gru4rec"))
+        assert rec.dot is not None and rec.dot.coarse.kind == "bf16"
+        with pytest.raises(RuntimeError):
+            Recommender(dot_bundle("gru4rec"), coarse="int8")
+
+
+def test_the_state_cache_gives_bit_identical_lists() -> None:
+    """Click by click, in batches of mixed sessions: the cached recommender resumes from
+    stored GRU states and answers exactly (ids, scores, reasons) as the uncached one."""
+    b = dot_bundle("gru4rec")
+    cached, cold = Recommender(b, state_cache=50), Recommender(b)
+    assert cached.states is not None and cold.states is not None
+    assert cached.states.capacity == 50 and cold.states.capacity == 0
+    rng = np.random.default_rng(5)
+    shoppers = [
+        [f"i{i}" for i in rng.integers(1, 301, size=rng.integers(1, 14))] for _ in range(40)
+    ]
+    for step in range(14):  # every shopper who has a next click sends the session so far
+        batch = [s[: step + 1] for s in shoppers if len(s) > step]
+        for lo in range(0, len(batch), 7):
+            part = batch[lo : lo + 7]
+            excl = [set(s) for s in part]
+            got = cached.next_items_batch(part, 10, excl)
+            want = cold.next_items_batch(part, 10, excl)
+            assert got == want  # Recommendation equality: ids, float scores, reasons, flags
+            again = cached.next_items_batch(part, 10, excl)  # a repeated request: no step
+            assert again == want
+    lookups = cached.states.lookups
+    assert lookups["prefix"] > 0 and lookups["session"] > 0 and lookups["miss"] > 0
+    assert len(cached.states._cache) <= 50  # LRU bound
+    assert cold.states.lookups["miss"] > 0 and not cold.states._cache
+    # a session longer than the model window is keyed by the window the model sees
+    long = [f"i{i}" for i in rng.integers(1, 301, size=60)]
+    window = Recommender(b, state_cache=50, max_session_len=50)
+    assert window.next_items(long, 10) == Recommender(b, max_session_len=50).next_items(long, 10)
 
 
 def test_a_non_finite_session_vector_gets_no_model_items() -> None:

@@ -16,10 +16,12 @@ layer, over any :class:`~shoprec.models.base.NextItemModel` (it only calls ``sco
 * :meth:`Recommender.next_items_batch` scores many sessions in one ``score`` call, which the
   service's micro-batcher uses under load;
 * for models that score by a dot product with an item matrix (GRU4Rec, SASRec) the top ``k``
-  is found without a full-precision pass over the catalogue (:class:`DotScorer`): a bfloat16
-  pass with a proven error bound picks the few items that can be in the top ``k``, and only
-  those are scored in float32. Same items as ranking ``model.score`` (up to float32 rounding),
-  a fraction of the memory traffic (the item matrix dominates the cost of a request).
+  is found without a full-precision pass over the catalogue (:class:`DotScorer`): an int8
+  (or bfloat16) pass with a proven error bound picks the few items that can be in the top
+  ``k``, and only those are scored in float32. Same items as ranking ``model.score`` (up to
+  float32 rounding), a fraction of the memory traffic (the item matrix dominated the cost);
+* a GRU4Rec's session states can be cached (:class:`SessionStates`): a session that grows by
+  one click costs one GRU step, with bit-identical results.
 
 :class:`ChurnScorer` is a thin adapter over ``shoprec.churn.score_customers`` that the service
 uses only when a churn bundle is configured.
@@ -29,6 +31,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
+import warnings
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +60,7 @@ __all__ = [
     "DotScorer",
     "Recommendation",
     "Recommender",
+    "SessionStates",
     "build_cart_neighbours",
     "build_item_neighbours",
 ]
@@ -215,6 +221,153 @@ class _Neighbours:
 # most COARSE_SLACK * |v| |w| (+ the accumulation term), with one u to spare.
 COARSE_SLACK = 4 * 2.0**-8
 
+# int8 coarse scores: a session vector, scaled by a power of two into [-1, 1], is rounded to
+# multiples of 1/INT8_LEVELS: integers -63..63, stored as uint8 1..127 (zero point 64). 7 bits
+# keep every pair of uint8 x int8 products inside int16, so no x86 kernel can saturate.
+INT8_LEVELS = 63
+INT8_ZERO_POINT = 64
+# the int8 kernel's own float rounding (int32 -> float, two scale multiplies): a few 2^-24 of
+# |u'| |W~_i|; the load-time check allows 2^-20, the bound uses 2^-18
+INT8_KERNEL_TOL = 2.0**-20
+INT8_KERNEL_SLACK = 2.0**-18
+# the float32 re-scoring (the reference the top k is exact for) sums ``dim`` products: its
+# rounding is at most dim 2^-24 |v| |W_i|; the bound uses twice that
+F32_DOT_SLACK = 2.0**-23
+# norms and bound terms are computed in float64 from float32 data, then rounded to float32:
+# 2^-10 more covers every such rounding many times over
+NORM_SPARE = 1 + 2.0**-10
+
+
+class _Bf16Coarse:
+    """Coarse scores ``v @ W.T`` from a bfloat16 copy of ``W`` (half the float32 bytes), each
+    within ``|v| * slack_i`` of the exact product (``COARSE_SLACK``)."""
+
+    kind = "bf16"
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        dim = weight.shape[1]
+        self.matrix = weight.to(torch.bfloat16)  # (N+1, H)
+        slack = COARSE_SLACK + dim * F32_DOT_SLACK  # + the float32 re-scoring's own rounding
+        self.slack = torch.linalg.vector_norm(weight, dim=1) * slack  # (N+1,)
+
+    def scores(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(coarse (B, N+1), radius (B, N+1))``: ``|coarse - v @ W.T| <= radius``."""
+        coarse = torch.mm(v.to(torch.bfloat16), self.matrix.T).to(torch.float32)
+        radius = torch.outer(torch.linalg.vector_norm(v, dim=1), self.slack)
+        return coarse, radius
+
+
+class _Int8Coarse:
+    """Coarse scores ``v @ W.T`` from an int8 copy of ``W`` (a quarter of the float32 bytes: 22 MB
+    for 43k x 512, which stays in this machine's 32 MB L3) with fbgemm's int8 GEMM (AVX-512 VNNI).
+
+    Quantisation, both sides known exactly to this class:
+
+    * ``W_i ~ W~_i = s_i q_i``: per row, symmetric, ``s_i = max|W_i| / 127``; the residual norm
+      ``|W_i - W~_i|`` is computed once at load (float64);
+    * ``v = alpha u``, ``alpha`` a power of two with ``|u|_inf <= 1`` (so the scaling is exact),
+      and ``u ~ u' = (1/63) q``, ``q`` integers in [-63, 63]; the residual ``e = u - u'`` is
+      computed per request.
+
+    The kernel returns ``u' . W~_i`` up to its float rounding (int32 accumulation is exact), so
+
+        |v . W_i - alpha (u' . W~_i)| <= alpha (|u' . (W_i - W~_i)| + |e . W_i|)
+                                      <= alpha (|u'| |W_i - W~_i| + |e| |W_i|)
+
+    by Cauchy-Schwarz, plus ``INT8_KERNEL_SLACK alpha |u'| |W~_i|`` for the kernel's float
+    rounding. That the kernel computes exactly ``u' . W~_i`` is checked at load, on probe vectors
+    (extreme ones included), to ``INT8_KERNEL_TOL`` (16x tighter than the bound assumes); a
+    kernel that fails the check, or a torch without it, makes :class:`DotScorer` use bfloat16.
+    """
+
+    kind = "int8"
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        rows, dim = weight.shape
+        amax = weight.abs().amax(dim=1)  # (N+1,)
+        scales = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+        with warnings.catch_warnings():  # torch's quantized tensors are deprecated, still there
+            warnings.simplefilter("ignore")
+            qw = torch.quantize_per_channel(
+                weight, scales.double(), torch.zeros(rows, dtype=torch.long), 0, torch.qint8
+            )
+            self.packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.act_scale = float(np.float32(1.0 / INT8_LEVELS))  # what the kernel holds (float32)
+        q_int = qw.int_repr()  # (N+1, H) int8
+        w_scale = qw.q_per_channel_scales().to(torch.float32).double()  # as the kernel uses it
+        w_norm = torch.empty(rows, dtype=torch.float64)
+        deq_norm = torch.empty(rows, dtype=torch.float64)
+        err_norm = torch.empty(rows, dtype=torch.float64)
+        self._probe_u = self._probes(dim)  # (P, H) float64, entries multiples of 1/63
+        probe_ref = torch.empty(self._probe_u.shape[0], rows, dtype=torch.float64)
+        for lo in range(0, rows, 8192):  # float64 in chunks: no 4x-sized copy of W at once
+            hi = min(rows, lo + 8192)
+            w64 = weight[lo:hi].double()
+            deq = q_int[lo:hi].double() * w_scale[lo:hi, None]  # W~ (rows, H)
+            w_norm[lo:hi] = torch.linalg.vector_norm(w64, dim=1)
+            deq_norm[lo:hi] = torch.linalg.vector_norm(deq, dim=1)
+            err_norm[lo:hi] = torch.linalg.vector_norm(w64 - deq, dim=1)
+            probe_ref[:, lo:hi] = self._probe_u @ deq.T
+        # radius = alpha|u'| * p_quant + (alpha|e| * NORM_SPARE + |v| dim 2^-23) * p_w
+        self.p_quant = ((err_norm + INT8_KERNEL_SLACK * deq_norm) * NORM_SPARE).float()
+        self.p_w = (w_norm * NORM_SPARE).float()
+        self.dim = dim
+        self._check(probe_ref, deq_norm)
+
+    @staticmethod
+    def _probes(dim: int) -> torch.Tensor:
+        """Session-vector probes on the activation grid: random ones and the extremes (all
+        +1, all -1, alternating), where a saturating or differently-rounding kernel would show."""
+        gen = torch.Generator().manual_seed(0)
+        rand = torch.randint(-INT8_LEVELS, INT8_LEVELS + 1, (4, dim), generator=gen)
+        ones = torch.full((1, dim), INT8_LEVELS)
+        alt = ones * torch.tensor([1, -1]).repeat(dim // 2 + 1)[:dim]
+        q = torch.cat([rand, ones, -ones, alt]).double()
+        return q * float(np.float32(1.0 / INT8_LEVELS))
+
+    def _check(self, probe_ref: torch.Tensor, deq_norm: torch.Tensor) -> None:
+        got = self._kernel(self._probe_u.float()).double()  # (P, N+1)
+        u_norm = torch.linalg.vector_norm(self._probe_u, dim=1, keepdim=True)  # (P, 1)
+        tol = INT8_KERNEL_TOL * u_norm * deq_norm + 1e-30
+        if not bool(((got - probe_ref).abs() <= tol).all()):
+            raise RuntimeError("the int8 kernel does not compute the dequantised product")
+
+    def _kernel(self, u_grid: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            u_grid, self.act_scale, INT8_ZERO_POINT, self.packed
+        )
+        return out
+
+    def scores(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(coarse (B, N+1), radius (B, N+1))``: ``|coarse - v @ W.T| <= radius``."""
+        v64 = v.numpy().astype(np.float64)  # (B, H); small per-request work in numpy
+        amax = np.abs(v64).max(axis=1)  # (B,)
+        alpha = np.ldexp(1.0, np.frexp(amax)[1])  # a power of two > amax (1 for a zero row)
+        u = v64 / alpha[:, None]  # exact: |u| < 1
+        q = np.rint(u * INT8_LEVELS)  # integers in [-63, 63]
+        u_grid = q * self.act_scale  # float64 value of the grid point (exact: q * float32)
+        coarse = self._kernel(torch.from_numpy(u_grid.astype(np.float32)))  # (B, N+1)
+        coarse.mul_(torch.from_numpy(alpha.astype(np.float32))[:, None])  # exact: powers of two
+        a_quant = alpha * np.linalg.norm(u_grid, axis=1)
+        a_w = alpha * np.linalg.norm(u - u_grid, axis=1) * NORM_SPARE
+        a_w += np.linalg.norm(v64, axis=1) * (self.dim * F32_DOT_SLACK)
+        radius = torch.outer(torch.from_numpy(a_quant.astype(np.float32)), self.p_quant)
+        radius.addcmul_(torch.from_numpy(a_w.astype(np.float32))[:, None], self.p_w[None, :])
+        return coarse, radius
+
+
+def _coarse_scorer(weight: torch.Tensor, kind: str) -> _Bf16Coarse | _Int8Coarse:
+    """``kind``: "int8", "bf16", or "auto" (int8 where its kernel exists and passes its check)."""
+    if kind not in ("auto", "int8", "bf16"):
+        raise ValueError(f"coarse must be auto, int8 or bf16, got {kind!r}")
+    if kind != "bf16":
+        try:
+            return _Int8Coarse(weight)
+        except (RuntimeError, AttributeError, NotImplementedError):
+            if kind == "int8":
+                raise
+    return _Bf16Coarse(weight)
+
 
 class DotScorer:
     """Exact top ``k`` of ``scores = v @ W.T + b`` without a float32 pass over the catalogue.
@@ -224,9 +377,10 @@ class DotScorer:
     from memory (88 MB in float32 for 43k items x 512). Here, per request:
 
     1. ``v`` in float32, as ``score`` computes it (the model's own code);
-    2. coarse scores from a bfloat16 copy of ``W`` (half the bytes, and a faster kernel), each
-       within ``r_i = slack * |v| * |W_i| + 2^-21 |b_i|`` of the float32 score (see
-       ``COARSE_SLACK``; the second term covers the float32 rounding of adding the bias);
+    2. coarse scores from an int8 copy of ``W`` (:class:`_Int8Coarse`, a quarter of the bytes,
+       VNNI kernel) or, where that kernel is missing, a bfloat16 copy (:class:`_Bf16Coarse`),
+       each within a proven radius ``r_i`` of the float32 score (plus ``2^-21 |b_i|`` for the
+       float32 rounding of adding the bias);
     3. the candidates: items whose upper bound ``coarse + r`` reaches the ``k``-th largest lower
        bound ``coarse - r`` among items not blocked; every item of the true top ``k`` is one;
     4. their float32 scores ``W_i . v + b_i``; the top ``k`` of those (ties: lower index first).
@@ -241,39 +395,49 @@ class DotScorer:
         vectors: Callable[[torch.Tensor], torch.Tensor],
         weight: torch.Tensor,
         bias: torch.Tensor | None = None,
+        coarse: str = "auto",
     ) -> None:
         self.vectors = vectors
         self.weight = weight.detach().to(torch.float32).contiguous()  # (N+1, H)
-        rows, dim = self.weight.shape
+        rows = self.weight.shape[0]
         self.bias = (
             torch.zeros(rows)
             if bias is None
             else bias.detach().to(torch.float32).reshape(rows).contiguous()
         )  # (N+1,)
-        self.coarse = self.weight.to(torch.bfloat16)  # (N+1, H)
-        slack = COARSE_SLACK + dim * 2.0**-23  # float32 accumulation, with a factor 2 to spare
-        self.slack = torch.linalg.vector_norm(self.weight, dim=1) * slack  # (N+1,)
+        self.coarse = _coarse_scorer(self.weight, coarse)
         # adding the bias in float32 (here and in the exact scores) rounds at 2^-24 |score|
         self.bias_slack = self.bias.abs() * 2.0**-21 + torch.finfo(torch.float32).tiny  # (N+1,)
-        self.last_candidates = 0  # candidates of the last call (diagnostics, benchmarks)
+        self.last_candidates = 0  # candidates of the last row scored (diagnostics, benchmarks)
 
     @classmethod
-    def of(cls, model: Any) -> DotScorer | None:
+    def of(cls, model: Any, coarse: str = "auto") -> DotScorer | None:
         """The scorer for ``model`` when it scores by a dot product we can reproduce, else None
         (the recommender then ranks ``model.score`` as it is)."""
+        weight: torch.Tensor
         if callable(getattr(model, "session_vectors", None)) and callable(
             getattr(model, "output_items", None)
         ):
             weight, bias = model.output_items()
-            scorer = cls(model.session_vectors, weight, bias)
+            vectors: Callable[[torch.Tensor], torch.Tensor] = model.session_vectors
         elif getattr(model, "name", None) == "sasrec" and isinstance(
             getattr(model, "output_weight", None), torch.Tensor
         ):
-            scorer = cls(_sasrec_vectors(model), model.output_weight)
+            weight, bias, vectors = model.output_weight, None, _sasrec_vectors(model)
         else:
             return None
-        finite = torch.isfinite(scorer.weight).all() and torch.isfinite(scorer.bias).all()
-        return scorer if bool(finite) else None
+        finite = torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())
+        if not bool(finite):  # no bound holds for NaN / inf weights
+            return None
+        return cls(vectors, weight, bias, coarse)
+
+    def bounds(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lower, upper)``, each ``(B, N+1)``, around the float32 scores of finite ``v``."""
+        coarse, radius = self.coarse.scores(v)
+        coarse += self.bias
+        radius += self.bias_slack
+        lower = coarse - radius
+        return lower, coarse.add_(radius)
 
     def top(
         self, prefixes: torch.Tensor, need: Sequence[int], blocked: Sequence[Collection[int]]
@@ -281,21 +445,24 @@ class DotScorer:
         """Per row of LEFT-padded ``prefixes (B, T)``: the ``need[b]`` best item indices (never
         0, never one in ``blocked[b]``) and their float32 scores, best first."""
         with torch.inference_mode():
-            v = self.vectors(prefixes).to(torch.float32)  # (B, H)
+            return self.top_of_vectors(self.vectors(prefixes).to(torch.float32), need, blocked)
+
+    def top_of_vectors(
+        self, v: torch.Tensor, need: Sequence[int], blocked: Sequence[Collection[int]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`top` from the session vectors ``v (B, H)`` themselves."""
+        with torch.inference_mode():
             finite = torch.isfinite(v).all(dim=1).tolist()
             if not all(finite):  # such a row gets no model items (as NaN scores would)
                 v = torch.where(torch.isfinite(v), v, 0.0)
-            coarse = torch.mm(v.to(torch.bfloat16), self.coarse.T).to(torch.float32)  # (B, N+1)
-            coarse += self.bias
-            norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)  # (B, 1)
-            lower = torch.addcmul(coarse, norms, self.slack, value=-1.0).sub_(self.bias_slack)
-            upper = coarse.addcmul_(norms, self.slack).add_(self.bias_slack)  # (B, N+1)
+            v = v.contiguous()
+            lower, upper = self.bounds(v)  # (B, N+1) each
             for b, cols in enumerate(blocked):
                 out = [0, *cols]
                 lower[b, out] = -math.inf
                 upper[b, out] = -math.inf
             width = max(1, min(max(need), lower.shape[1] - 1))
-            kth = lower.topk(width, dim=1).values  # (B, width)
+            kth = lower.topk(width, dim=1, sorted=True).values  # (B, width)
             results: list[tuple[np.ndarray, np.ndarray]] = []
             for b, n in enumerate(need):
                 if n <= 0 or not finite[b]:
@@ -313,6 +480,85 @@ class DotScorer:
                 order = np.lexsort((idx, -sc))[:n]  # best first, ties by index
                 results.append((idx[order], sc[order]))
             return results
+
+
+class SessionStates:
+    """GRU session vectors for serving, resumed from cached states where a session was seen.
+
+    A storefront sends a session again after every click, one item longer. For a model with
+    ``advance`` (GRU4Rec), the state after ``items[:-1]`` plus one GRU step is the state after
+    ``items``; this keeps the last ``capacity`` sessions' states (LRU, keyed by the exact item
+    sequence the model sees) and runs a request from the longest of: its full sequence (no
+    step), its sequence minus the newest item (one step), nothing (every step).
+
+    ``advance`` runs each session on its own (matrix-vector products), so a row gets the same
+    bits whatever else is in the batch and wherever it resumes: a cached answer is
+    bit-identical to an uncached one (tested). With capacity 0 every request runs every step,
+    still through ``advance`` (with the model's input-gate table, ``prepare_serving``).
+    """
+
+    def __init__(self, model: Any, capacity: int = 0) -> None:
+        self.model = model
+        if callable(getattr(model, "prepare_serving", None)):
+            model.prepare_serving()
+        self.capacity = max(0, capacity)
+        self._cache: OrderedDict[tuple[int, ...], list[torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()  # the model thread and the event loop (cart add-ons)
+        self.lookups: Counter[str] = Counter()  # "session", "prefix", "miss" (diagnostics)
+
+    @classmethod
+    def of(cls, model: Any, capacity: int = 0) -> SessionStates | None:
+        """For a model that can resume a session (``advance`` + ``init_hidden``), else None."""
+        if callable(getattr(model, "advance", None)) and callable(
+            getattr(model, "init_hidden", None)
+        ):
+            return cls(model, capacity)
+        return None
+
+    def _get(self, key: tuple[int, ...]) -> list[torch.Tensor] | None:
+        with self._lock:
+            state = self._cache.get(key)
+            if state is not None:
+                self._cache.move_to_end(key)
+            return state
+
+    def _put(self, key: tuple[int, ...], state: list[torch.Tensor]) -> None:
+        with self._lock:
+            self._cache[key] = state
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+
+    def vectors(self, sessions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The top layer's state ``(B, H)`` after each session (item indices, oldest first,
+        already cut to the model's window; each non-empty)."""
+        keys = [tuple(int(i) for i in s) for s in sessions]
+        starts: list[list[torch.Tensor] | None] = []
+        rest: list[tuple[int, ...]] = []
+        for key in keys:
+            state = self._get(key) if self.capacity else None
+            if state is not None:
+                starts.append(state)
+                rest.append(())
+                self.lookups["session"] += 1
+                continue
+            state = self._get(key[:-1]) if self.capacity and len(key) > 1 else None
+            starts.append(state)
+            rest.append(key[-1:] if state is not None else key)
+            self.lookups["prefix" if state is not None else "miss"] += 1
+        with torch.inference_mode():
+            hidden: list[torch.Tensor] = self.model.init_hidden(len(keys))
+            for b, state in enumerate(starts):
+                if state is not None:
+                    for layer, h in enumerate(state):
+                        hidden[layer][b] = h
+            if any(rest):
+                hidden = self.model.advance(left_pad(list(rest)), hidden)
+            if self.capacity:
+                for b, key in enumerate(keys):
+                    if rest[b]:
+                        self._put(key, [h[b].clone() for h in hidden])
+            return hidden[-1]
 
 
 def _sasrec_vectors(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -356,10 +602,19 @@ class Recommender:
     """Next items and cart add-ons in original item ids, over a loaded bundle."""
 
     def __init__(
-        self, bundle: Bundle, *, max_session_len: int = 50, fast_top_k: bool = True
+        self,
+        bundle: Bundle,
+        *,
+        max_session_len: int = 50,
+        fast_top_k: bool = True,
+        coarse: str = "auto",
+        state_cache: int = 0,
     ) -> None:
         """``fast_top_k=False`` ranks ``model.score`` over the whole catalogue even when a
-        :class:`DotScorer` could be used (for comparisons)."""
+        :class:`DotScorer` could be used (for comparisons); ``coarse`` picks the DotScorer's
+        coarse pass: "int8", "bf16" or "auto" (int8 where its kernel works here);
+        ``state_cache`` is how many sessions' GRU states :class:`SessionStates` keeps (0: none;
+        only with the fast path)."""
         self.bundle = bundle
         self.model = bundle.model
         self.max_session_len = max_session_len
@@ -384,8 +639,12 @@ class Recommender:
         self.cart_neighbours = _Neighbours.from_aux(
             bundle.aux, CART_NEIGHBOUR_IDX, CART_NEIGHBOUR_WEIGHT, self.n_items
         )
-        # Built once per model: the float32 item matrix, its bfloat16 copy and row norms.
-        self.dot: DotScorer | None = DotScorer.of(self.model) if fast_top_k else None
+        # Built once per model: the float32 item matrix, its int8 (or bf16) copy and row norms.
+        self.dot: DotScorer | None = DotScorer.of(self.model, coarse) if fast_top_k else None
+        # GRU4Rec: session vectors through the batch-invariant ``advance``, optionally cached.
+        self.states: SessionStates | None = (
+            SessionStates.of(self.model, state_cache) if self.dot is not None else None
+        )
 
     # --- ids ---
     def to_idx(self, item_ids: Sequence[str]) -> list[int]:
@@ -453,13 +712,17 @@ class Recommender:
         rows = [r for r, s in enumerate(known) if s and not ranked[r].full()]
         if not rows:
             return
-        prefixes = left_pad([known[r] for r in rows], self.max_session_len)  # (b, T)
         need = [ranked[r].k - len(ranked[r].out) for r in rows]
         blocked = [ranked[r].exclude | ranked[r].taken for r in rows]
-        if self.dot is not None:
-            tops = self.dot.top(prefixes, need, blocked)
+        if self.dot is not None and self.states is not None:
+            v = self.states.vectors([known[r] for r in rows])
+            tops = self.dot.top_of_vectors(v, need, blocked)
         else:
-            tops = self._top_of_scores(prefixes, need, blocked)
+            prefixes = left_pad([known[r] for r in rows], self.max_session_len)  # (b, T)
+            if self.dot is not None:
+                tops = self.dot.top(prefixes, need, blocked)
+            else:
+                tops = self._top_of_scores(prefixes, need, blocked)
         for (idx, scores), r in zip(tops, rows, strict=True):
             reasons = self._reasons(known[r], idx, because, generic)
             for i, sc, why in zip(idx.tolist(), scores.tolist(), reasons, strict=True):

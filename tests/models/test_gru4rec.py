@@ -169,3 +169,47 @@ def test_scores_are_full_precision_under_autocast() -> None:
         inside = model.score(prefixes)
     assert inside.dtype == torch.float32
     assert torch.equal(inside, model.score(prefixes))
+
+
+# --- serving: advance (the batch-independent GRU the serving cache resumes) ---
+@pytest.mark.parametrize("prepared", [False, True])
+@pytest.mark.parametrize(("embedding", "layers"), [(0, [16]), (8, [16, 24]), (0, [40])])
+def test_advance_resumes_bit_for_bit_and_matches_the_model(
+    embedding: int, layers: list[int], prepared: bool
+) -> None:
+    model = _model(embedding, layers, n_items=60).eval()
+    if prepared:
+        model.prepare_serving()
+    rng = np.random.default_rng(0)
+    sessions = [rng.integers(1, 61, size=rng.integers(1, 9)).tolist() for _ in range(7)]
+    batch = model.advance(left_pad(sessions))
+    # the model's own state: the same up to float32 rounding
+    torch.testing.assert_close(
+        batch[-1], model.session_vectors(left_pad(sessions)), rtol=1e-5, atol=1e-6
+    )
+    for row, session in enumerate(sessions):
+        alone = model.advance(left_pad([session]))
+        for layer, h in enumerate(alone):
+            assert torch.equal(h[0], batch[layer][row])  # the batch does not matter, bitwise
+        for cut in range(1, len(session)):  # resumed from any earlier state: the same bits
+            head = model.advance(left_pad([session[:cut]]))
+            tail = model.advance(left_pad([session[cut:]]), head)
+            for layer, h in enumerate(tail):
+                assert torch.equal(h[0], batch[layer][row])
+    # padding anywhere leaves the state unchanged; an empty row keeps the given state
+    padded = model.advance(torch.tensor([[0, 0] + sessions[0], [0] * (len(sessions[0]) + 2)]))
+    assert torch.equal(padded[-1][0], batch[-1][0])
+    assert torch.equal(padded[-1][1], torch.zeros_like(padded[-1][1]))
+
+
+def test_the_gate_table_is_not_used_once_the_weights_change() -> None:
+    model = _model(n_items=20).eval()
+    model.prepare_serving()
+    before = model.advance(torch.tensor([[3, 4, 5]]))[-1]
+    with torch.no_grad():
+        model.item_weight[4] += 1.0  # e.g. training went on after the table was built
+    after = model.advance(torch.tensor([[3, 4, 5]]))[-1]
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(
+        after, model.session_vectors(torch.tensor([[3, 4, 5]])), rtol=1e-5, atol=1e-6
+    )

@@ -21,6 +21,12 @@ def test_overrides_from_the_environment() -> None:
     assert cfg.limits.k_max == 7 and cfg.batching.enabled is False
 
 
+def test_model_serving_settings() -> None:
+    cfg = load_serving_config({"SHOPREC_SERVING_SET": "model.state_cache=0 model.coarse=bf16"})
+    assert cfg.model.state_cache == 0 and cfg.model.coarse == "bf16"
+    assert ServingConfig().model.coarse == "auto" and ServingConfig().model.state_cache > 0
+
+
 def test_another_file_from_the_environment(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text("limits:\n  max_batch_events: 9\n")
     cfg = load_serving_config({"SHOPREC_SERVING_CONFIG": str(tmp_path / "s.yaml")})
@@ -34,6 +40,8 @@ def test_another_file_from_the_environment(tmp_path: Path) -> None:
         ("limits.k_min=50 limits.k_max=10", "k_min (50) must not exceed k_max (10)"),
         ("server.workers=0", "server.workers"),
         ("batching.enabled=perhaps", "batching.enabled"),
+        ("model.coarse=fp8", "model.coarse"),
+        ("model.state_cache=-1", "model.state_cache"),
     ],
 )
 def test_bad_settings_name_the_key(override: str, message: str) -> None:
