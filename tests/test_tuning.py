@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 import optuna
+import pytest
 import yaml
 from optuna.trial import TrialState
 
@@ -244,10 +245,11 @@ def test_diginetica_search_tunes_on_a_validation_window_cut_from_train() -> None
     assert preset.input.endswith("diginetica_srgnn/train.parquet")  # the train part only
 
 
+@pytest.mark.parametrize("name", ["diginetica_srgnn_valid", "yoochoose_srgnn_1_64_valid"])
 def test_a_validation_window_cut_from_a_prepared_train_part(
-    tiny_dataset: Path, tmp_path: Path
+    name: str, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    """The diginetica_srgnn_valid preset on any prepared train part: the last sessions become
+    """A *_valid benchmark preset on any prepared train part: the last sessions become
     validation cases, nothing is test, and every validation event follows every train event."""
     import polars as pl
 
@@ -255,7 +257,8 @@ def test_a_validation_window_cut_from_a_prepared_train_part(
     from shoprec.data.config import DataConfig
     from shoprec.data.prepare import prepare
 
-    preset = REPO_ROOT / "configs" / "data" / "diginetica_srgnn_valid.yaml"
+    preset = REPO_ROOT / "configs" / "data" / f"{name}.yaml"
+    assert load_config(DataConfig, preset).test_input is None  # the published test is never read
     cfg = load_config(DataConfig, preset, ["split.valid_days=3"])
     out = tmp_path / "valid"
     manifest = prepare(cfg, out, input_path=str(tiny_dataset / "train.parquet"))

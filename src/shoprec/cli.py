@@ -192,6 +192,75 @@ def _track_evaluation(
         tracker.log_artifact(predictions, "predictions")
 
 
+def _cmd_hybrid_tune(args: argparse.Namespace) -> int:
+    import json
+
+    from shoprec.data.dataset import PreparedDataset
+    from shoprec.training.hybrid import tune_hybrid
+
+    result = tune_hybrid(
+        args.neural,
+        PreparedDataset.open(args.data),
+        knn=args.knn,
+        split=args.split,
+        weights=tuple(args.weights),
+        temperatures=tuple(args.temperatures),
+        batch_size=args.batch_size,
+    )
+    from rich.console import Console
+    from rich.table import Table
+
+    hr, mrr = f"{result.split}/hr@{result.cutoff}", f"{result.split}/mrr@{result.cutoff}"
+    table = Table(title=f"hybrid grid on {result.n_cases:,} {result.split} cases (best first)")
+    for col in ("weight", "temperature", hr, mrr):
+        table.add_column(col, justify="right")
+    for row in result.rows:
+        table.add_row(
+            f"{row['weight']:.2f}", f"{row['temperature']:g}", f"{row[hr]:.4f}", f"{row[mrr]:.4f}"
+        )
+    Console().print(table)
+    best = result.best
+    print(f"best: --weight {best.weight:g} --temperature {best.temperature:g}")
+    if args.output:
+        payload = {
+            "best": best.model_dump(),
+            "rows": result.rows,
+            "n_cases": result.n_cases,
+            "split": result.split,
+            "data": str(Path(args.data)),
+            "members": result.members,
+            "seconds": result.seconds,
+        }
+        Path(args.output).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return 0
+
+
+def _cmd_hybrid_build(args: argparse.Namespace) -> int:
+    import json
+
+    from shoprec.data.dataset import PreparedDataset
+    from shoprec.models.hybrid import HybridConfig
+    from shoprec.training.hybrid import build_hybrid
+
+    tuned: dict[str, Any] = {}
+    if args.tuned:
+        tuned = json.loads(Path(args.tuned).read_text(encoding="utf-8"))
+        best = tuned.get("best") or {}
+        weight = args.weight if args.weight is not None else best.get("weight")
+        temperature = args.temperature if args.temperature is not None else best.get("temperature")
+        tuned = {k: tuned.get(k) for k in ("best", "data", "split", "n_cases", "members")}
+    else:
+        weight, temperature = args.weight, args.temperature
+    if weight is None or temperature is None:
+        raise ShoprecError("give --weight and --temperature, or --tuned FILE from `hybrid tune`")
+    config = HybridConfig(weight=weight, temperature=temperature)
+    out = build_hybrid(
+        args.neural, PreparedDataset.open(args.data), args.output, config, knn=args.knn, tuned=tuned
+    )
+    print(f"hybrid bundle (weight {config.weight:g}, temperature {config.temperature:g}): {out}")
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from shoprec.tuning import load_search, tune
 
@@ -310,6 +379,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: evaluate)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=_cmd_evaluate)
+
+    hybrid = verbs.add_parser("hybrid", help="mix a neural bundle with session-kNN")
+    hybrid_verbs = hybrid.add_subparsers(dest="hybrid_verb", metavar="STEP")
+    hybrid_verbs.required = True
+    p = hybrid_verbs.add_parser("tune", help="grid of weight x temperature on validation cases")
+    p.add_argument("--neural", required=True, help="neural bundle trained on --data's train")
+    p.add_argument("--data", required=True, help="prepared dataset with a validation window")
+    p.add_argument("--knn", default="vsknn", choices=["vsknn", "sknn"])
+    p.add_argument("--split", default="valid", choices=["valid"])
+    p.add_argument(
+        "--weights", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    )
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--output", default=None, help="write the grid + best point as JSON here")
+    p.set_defaults(func=_cmd_hybrid_tune)
+    p = hybrid_verbs.add_parser("build", help="write a hybrid bundle")
+    p.add_argument("--neural", required=True, help="neural bundle trained on --data's train")
+    p.add_argument("--data", required=True, help="prepared dataset the kNN member is fitted on")
+    p.add_argument("--knn", default="vsknn", choices=["vsknn", "sknn"])
+    p.add_argument("--tuned", default=None, help="JSON from `hybrid tune --output` (best point)")
+    p.add_argument("--weight", type=float, default=None, help="neural share w (overrides --tuned)")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature tau")
+    p.add_argument("--output", required=True, help="bundle folder to write")
+    p.set_defaults(func=_cmd_hybrid_build)
 
     p = verbs.add_parser("tune", help="Optuna study over a search space (configs/search)")
     p.add_argument("search", help="search space YAML")

@@ -13,13 +13,16 @@ from shoprec.errors import ShoprecError
 
 # name -> (module, model class, config class, training regime)
 # regime "session_parallel": GRU4Rec's own mini-batches; "sequence": SASRec's padded sequences;
-# "counts": non-neural models fitted in one pass over the train sessions.
+# "counts": non-neural models fitted in one pass over the train sessions; "hybrid": a mix of two
+# trained members.
 _REGISTRY: dict[str, tuple[str, str, str, str]] = {
     "gru4rec": ("shoprec.models.gru4rec", "GRU4Rec", "GRU4RecConfig", "session_parallel"),
     "sasrec": ("shoprec.models.sasrec", "SASRec", "SASRecConfig", "sequence"),
     "pop": ("shoprec.models.popular", "PopularModel", "PopularConfig", "counts"),
     "sknn": ("shoprec.models.sknn", "SKNN", "SKNNConfig", "counts"),
     "vsknn": ("shoprec.models.sknn", "VSKNN", "VSKNNConfig", "counts"),
+    # built from a trained neural bundle + a kNN model (``shoprec hybrid``), not by ``train``
+    "hybrid": ("shoprec.models.hybrid", "Hybrid", "HybridConfig", "hybrid"),
 }
 
 

@@ -127,7 +127,7 @@ def resolve_includes(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def validate_model_section(model: dict[str, Any], source: str) -> Any:
     """Validate the ``model`` section against the registered model's config class."""
-    from shoprec.models.registry import config_class, model_names
+    from shoprec.models.registry import config_class, model_names, regime
 
     name = model.get("name")
     if not name:
@@ -135,6 +135,12 @@ def validate_model_section(model: dict[str, Any], source: str) -> Any:
     if name not in model_names():
         raise ConfigError(
             f"{source}: model.name {name!r} is not registered ({', '.join(model_names())})"
+        )
+    if regime(str(name)) == "hybrid":
+        raise ConfigError(
+            f"{source}: model.name {name!r} is not trained from a config; build it from a "
+            "trained neural bundle with `shoprec hybrid build` (and choose its weights with "
+            "`shoprec hybrid tune` on a validation window)"
         )
     fields = {k: v for k, v in model.items() if k != "name"}
     cls = config_class(str(name))

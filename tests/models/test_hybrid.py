@@ -1,0 +1,108 @@
+"""Hybrid (neural + kNN) invariants: the mixture math, member orders, bundles, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from shoprec import schema
+from shoprec.config import ConfigError
+from shoprec.export import load_bundle, save_bundle
+from shoprec.models.base import left_pad
+from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from shoprec.models.hybrid import Hybrid, HybridConfig, mix_log_probs
+from shoprec.models.sknn import VSKNN
+from shoprec.training.config import validate_model_section
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+N_ITEMS = 25
+
+
+def _members(n_items: int = N_ITEMS) -> tuple[GRU4Rec, VSKNN]:
+    torch.manual_seed(0)
+    gru = GRU4Rec(GRU4RecConfig(n_items=n_items, layers=[8], dropout_p_embed=0.0)).eval()
+    rng = np.random.default_rng(0)
+    sessions = [rng.integers(1, n_items + 1, size=rng.integers(2, 6)) for _ in range(60)]
+    return gru, VSKNN.fit(sessions, n_items)
+
+
+def test_mixture_equals_hand_computed_probabilities() -> None:
+    neural = torch.tensor([[float("-inf"), 1.0, 0.0, -1.0], [float("-inf"), 0.0, 2.0, 0.0]])
+    knn = torch.tensor([[float("-inf"), 0.0, 2.0, 2.0], [float("-inf"), 0.0, 0.0, 0.0]])
+    w, tau = 0.75, 2.0
+    out = mix_log_probs(neural, knn, w, tau).exp()
+    e = np.exp(np.array([1.0, 0.0, -1.0]) / tau)
+    row0 = w * e / e.sum() + (1 - w) * np.array([0.0, 0.5, 0.5])
+    np.testing.assert_allclose(out[0, 1:].numpy(), row0, rtol=1e-6)
+    e1 = np.exp(np.array([0.0, 2.0, 0.0]) / tau)  # no neighbours: the neural part alone
+    np.testing.assert_allclose(out[1, 1:].numpy(), e1 / e1.sum(), rtol=1e-6)
+    assert out[0, 0] == 0.0 and out[1, 0] == 0.0  # padding: log p = -inf
+
+
+def test_weight_one_keeps_the_neural_ranking_and_zero_the_knn_votes() -> None:
+    gru, knn = _members()
+    prefixes = left_pad([[1, 2, 3], [4], [5, 6]])
+    s_n, s_k = gru.score(prefixes), knn.score(prefixes)
+    only_neural = Hybrid(gru, knn, HybridConfig(weight=1.0, temperature=0.5)).score(prefixes)
+    assert torch.equal(only_neural.argsort(dim=1, stable=True), s_n.argsort(dim=1, stable=True))
+    only_knn = mix_log_probs(s_n, s_k, 0.0, 1.0)
+    voted = s_k[:, 1:] > 0
+    for row in range(prefixes.shape[0]):
+        if bool(voted[row].any()):  # items with votes keep the kNN order, above all others
+            got = only_knn[row, 1:][voted[row]]
+            want = s_k[row, 1:][voted[row]]
+            assert torch.equal(got.argsort(stable=True), want.argsort(stable=True))
+            assert bool((only_knn[row, 1:][~voted[row]] == float("-inf")).all())
+
+
+def test_padding_does_not_change_scores() -> None:
+    model = Hybrid(*_members(), HybridConfig(weight=0.6, temperature=1.0))
+    a = model.score(left_pad([[3, 4]]))
+    b = model.score(torch.tensor([[0, 0, 0, 3, 4]]))
+    torch.testing.assert_close(a, b)
+
+
+def test_bundle_round_trip_gives_identical_scores(tmp_path: Path) -> None:
+    model = Hybrid(*_members(), HybridConfig(weight=0.6, temperature=0.5))
+    items = pl.DataFrame(
+        {
+            schema.ITEM_IDX: list(range(1, N_ITEMS + 1)),
+            schema.ITEM_ID: [f"i{i}" for i in range(1, N_ITEMS + 1)],
+            schema.ITEM_COUNT: [1] * N_ITEMS,
+        }
+    )
+    path = save_bundle(tmp_path / "b", model, items)
+    loaded = load_bundle(path)
+    assert isinstance(loaded.model, Hybrid)
+    assert loaded.meta["model_config"]["neural"]["name"] == "gru4rec"
+    prefixes = left_pad([[1, 2, 3], [7], [9, 9, 10, 11]])
+    assert torch.equal(model.score(prefixes), loaded.model.score(prefixes))
+
+
+def test_members_must_share_the_catalogue() -> None:
+    gru, _ = _members(N_ITEMS)
+    _, knn = _members(N_ITEMS + 1)
+    with pytest.raises(ValueError, match="disagree on the catalogue"):
+        Hybrid(gru, knn)
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        mix_log_probs(torch.zeros(1, 3), torch.tensor([[0.0, -1.0, 1.0]]), 0.5, 1.0)
+    with pytest.raises(ValueError, match="weight"):
+        mix_log_probs(torch.zeros(1, 3), torch.zeros(1, 3), 1.5, 1.0)
+    gru, knn = _members()
+    config, tensors = Hybrid(gru, knn).to_bundle()
+    config["knn"] = config["neural"] | {"name": "hybrid"}
+    with pytest.raises(ValueError, match="cannot contain a hybrid"):
+        Hybrid.from_bundle(config, tensors)
+
+
+def test_a_hybrid_is_not_trained_from_an_experiment_config() -> None:
+    with pytest.raises(ConfigError, match="shoprec hybrid build"):
+        validate_model_section({"name": "hybrid"}, "x.yaml")

@@ -1,0 +1,99 @@
+"""``shoprec hybrid tune`` / ``build`` on a tiny storefront: the grid's w=1 row is the neural
+model's own validation score, the built bundle evaluates like any other, test is never tuned on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shoprec.cli import main
+from shoprec.data.dataset import PreparedDataset
+from shoprec.errors import ShoprecError
+from shoprec.evaluation.evaluate import evaluate_model
+from shoprec.export import load_bundle
+from shoprec.models.hybrid import Hybrid
+from shoprec.training.config import ExperimentConfig
+from shoprec.training.fit import fit
+from shoprec.training.hybrid import tune_hybrid
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def gru_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "tiny_gru4rec_for_hybrid",
+            "data": {"path": str(tiny_dataset)},
+            "output_dir": str(tmp_path_factory.mktemp("hybrid")),
+            "trainer": {"max_epochs": 1, "progress_bar": False, "patience": 0},
+            "model": {"name": "gru4rec", "layers": [16]},
+            "training": {"batch_size": 16, "n_sample": 16},
+            "evaluation": {"enabled": False},
+        }
+    )
+    return fit(config).bundle_dir
+
+
+def test_the_neural_row_of_the_grid_is_the_neural_models_own_score(
+    gru_bundle: Path, tiny_dataset: Path
+) -> None:
+    dataset = PreparedDataset.open(tiny_dataset)
+    result = tune_hybrid(gru_bundle, dataset, weights=(1.0, 0.5), temperatures=(0.5, 1.0))
+    assert len(result.rows) == 3  # (1, first tau) + 2 mixed points
+    alone = next(r for r in result.rows if r["weight"] == 1.0)
+    want = evaluate_model(load_bundle(gru_bundle).model, dataset, split="valid").metrics
+    assert alone["valid/hr@20"] == pytest.approx(want["valid/hr@20"], abs=1e-12)
+    assert alone["valid/mrr@20"] == pytest.approx(want["valid/mrr@20"], abs=1e-12)
+    best = result.rows[0]
+    assert all(best["valid/mrr@20"] >= r["valid/mrr@20"] for r in result.rows)
+    assert result.best.weight == best["weight"]
+
+
+def test_tuning_on_test_is_refused(gru_bundle: Path, tiny_dataset: Path) -> None:
+    with pytest.raises(ShoprecError, match="never on test"):
+        tune_hybrid(gru_bundle, PreparedDataset.open(tiny_dataset), split="test")
+
+
+def test_cli_tune_then_build_then_evaluate(
+    gru_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = tmp_path / "grid.json"
+    args = ["hybrid", "tune", "--neural", str(gru_bundle), "--data", str(tiny_dataset)]
+    assert main([*args, "--weights", "1", "0.6", "--temperatures", "1", "--output", str(grid)]) == 0
+    tuned = json.loads(grid.read_text())
+    assert {"weight", "temperature"} <= set(tuned["best"]) and len(tuned["rows"]) == 2
+    out = tmp_path / "hybrid"
+    build = ["hybrid", "build", "--neural", str(gru_bundle), "--data", str(tiny_dataset)]
+    assert main([*build, "--tuned", str(grid), "--output", str(out)]) == 0
+    bundle = load_bundle(out)
+    assert isinstance(bundle.model, Hybrid)
+    assert bundle.model.config.weight == tuned["best"]["weight"]
+    assert bundle.meta["tuned"]["best"] == tuned["best"]
+    assert bundle.aux  # the service's item neighbours came with the neural bundle
+    metrics = evaluate_model(bundle.model, PreparedDataset.open(tiny_dataset)).metrics
+    assert 0.0 <= metrics["test/hr@20"] <= 1.0
+    assert main([*build, "--output", str(tmp_path / "x")]) == 2  # no weight given
+    assert "give --weight" in capsys.readouterr().err
+
+
+def test_a_bundle_from_another_catalogue_is_refused(
+    gru_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from shoprec.config import load_config
+    from shoprec.data.config import DataConfig
+    from shoprec.data.prepare import prepare
+    from tests.conftest import REPO_ROOT
+
+    preset = REPO_ROOT / "configs" / "data" / "synthetic.yaml"
+    cfg = load_config(
+        DataConfig,
+        preset,
+        ["split.test_days=5", "split.valid_days=5", "filters.min_item_support=3"],
+    )
+    other = tmp_path / "other"
+    prepare(cfg, output=other, input_path=str(tiny_dataset.parent / "raw" / "events.csv"))
+    with pytest.raises(ShoprecError, match="item index differs"):
+        tune_hybrid(gru_bundle, PreparedDataset.open(other))
