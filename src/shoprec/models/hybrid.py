@@ -30,7 +30,14 @@ from pydantic import Field
 from shoprec.config import StrictModel
 from shoprec.models.base import NextItemModel
 
-__all__ = ["Hybrid", "HybridConfig", "mix_log_probs"]
+__all__ = [
+    "Hybrid",
+    "HybridConfig",
+    "knn_log_probs",
+    "mix_log_probs",
+    "mix_parts",
+    "neural_log_probs",
+]
 
 
 class HybridConfig(StrictModel):
@@ -55,11 +62,21 @@ def mix_log_probs(
     """
     if neural_scores.shape != knn_scores.shape or neural_scores.dim() != 2:
         raise ValueError("expected two (B, n_items + 1) score tensors of the same shape")
-    if not 0.0 <= weight <= 1.0 or temperature <= 0.0:
-        raise ValueError("need 0 <= weight <= 1 and temperature > 0")
+    log_k, has = knn_log_probs(knn_scores)
+    return mix_parts(neural_log_probs(neural_scores, temperature), log_k, has, weight)
+
+
+def neural_log_probs(neural_scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log softmax(neural / tau)`` over the items (column 0, the padding, excluded)."""
+    if temperature <= 0.0:
+        raise ValueError("need temperature > 0")
     s_n = neural_scores.float().clone()
     s_n[:, 0] = float("-inf")
-    log_p = torch.log_softmax(s_n / temperature, dim=1)
+    return torch.log_softmax(s_n / temperature, dim=1)
+
+
+def knn_log_probs(knn_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log(knn / sum(knn)), has (B, 1))``: ``has`` marks the rows with any vote."""
     knn = knn_scores.float().clone()
     knn[:, 0] = 0.0
     if bool((knn < 0).any()):
@@ -67,8 +84,18 @@ def mix_log_probs(
     total = knn.sum(dim=1, keepdim=True)
     has = total > 0
     log_k = torch.log(knn) - torch.log(torch.where(has, total, torch.ones_like(total)))
+    return log_k, has
+
+
+def mix_parts(
+    log_p: torch.Tensor, log_k: torch.Tensor, has: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """The mixture from :func:`neural_log_probs` and :func:`knn_log_probs` (so a grid over
+    ``w`` reuses both); rows without kNN votes keep the neural part alone."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError("need 0 <= weight <= 1")
     if weight >= 1.0:
-        out = log_p
+        out = log_p.clone()
     elif weight <= 0.0:
         out = torch.where(has, log_k, log_p)  # no neighbour at all: the neural order
     else:

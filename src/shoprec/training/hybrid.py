@@ -23,7 +23,13 @@ from shoprec.errors import ShoprecError
 from shoprec.evaluation.metrics import pessimistic_ranks
 from shoprec.export import Bundle, load_bundle, save_bundle
 from shoprec.models.base import NextItemModel, left_pad
-from shoprec.models.hybrid import Hybrid, HybridConfig, mix_log_probs
+from shoprec.models.hybrid import (
+    Hybrid,
+    HybridConfig,
+    knn_log_probs,
+    mix_parts,
+    neural_log_probs,
+)
 
 __all__ = ["TuneResult", "build_hybrid", "fit_knn", "tune_hybrid"]
 
@@ -112,9 +118,10 @@ def tune_hybrid(
             batch = left_pad(prefixes[lo : lo + batch_size])
             tgt = torch.from_numpy(targets[lo : lo + batch_size])
             s_n = neural.score(batch)
-            s_k = member.score(batch)
+            log_k, has = knn_log_probs(member.score(batch))
+            log_p = {tau: neural_log_probs(s_n, tau) for tau in sorted({t for _, t in grid})}
             for w, tau in grid:
-                ranks = pessimistic_ranks(mix_log_probs(s_n, s_k, w, tau), tgt)
+                ranks = pessimistic_ranks(mix_parts(log_p[tau], log_k, has, w), tgt)
                 hit = ranks <= cutoff
                 hits[(w, tau)] += float(hit.sum())
                 rr[(w, tau)] += float(torch.where(hit, 1.0 / ranks, torch.zeros_like(ranks)).sum())
