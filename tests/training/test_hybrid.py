@@ -97,3 +97,27 @@ def test_a_bundle_from_another_catalogue_is_refused(
     prepare(cfg, output=other, input_path=str(tiny_dataset.parent / "raw" / "events.csv"))
     with pytest.raises(ShoprecError, match="item index differs"):
         tune_hybrid(gru_bundle, PreparedDataset.open(other))
+
+
+def test_the_service_recommender_serves_a_hybrid_bundle(
+    gru_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A hybrid bundle goes through the service's Recommender like any other: its lists equal
+    the hybrid's own full ranking, with reasons."""
+    import torch
+
+    from shoprec.inference import Recommender
+    from shoprec.models.base import left_pad
+    from shoprec.models.hybrid import HybridConfig
+    from shoprec.training.hybrid import build_hybrid
+
+    dataset = PreparedDataset.open(tiny_dataset)
+    out = build_hybrid(gru_bundle, dataset, tmp_path / "h", HybridConfig(weight=0.5))
+    bundle = load_bundle(out)
+    rec = Recommender(bundle)
+    session = bundle.item_ids[1:4]
+    got = [r.item_id for r in rec.next_items(session, k=5)]
+    scores = bundle.model.score(left_pad([[1, 2, 3]]))[0, 1:]
+    order = torch.argsort(-scores, stable=True)[:5] + 1
+    assert got == [bundle.item_ids[i] for i in order.tolist()]
+    assert all(r.reason for r in rec.next_items(session, k=5))
