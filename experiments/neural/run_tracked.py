@@ -34,7 +34,14 @@ def _rss_mb() -> float:
 
 
 class EpochProbe(L.Callback):
-    def __init__(self, out: Path, record: dict[str, Any], test_each_epoch: bool) -> None:
+    def __init__(
+        self,
+        out: Path,
+        record: dict[str, Any],
+        test_each_epoch: bool,
+        save_dir: Path | None = None,
+    ) -> None:
+        self.save_dir = save_dir
         self.out = out
         self.record = record
         self.test_each_epoch = test_each_epoch
@@ -73,6 +80,11 @@ class EpochProbe(L.Callback):
             self.eval_wall += row["test_eval_wall_s"]
             self.eval_cpu += row["test_eval_cpu_s"]
             row["test"] = {k: float(v) for k, v in res.metrics.items()}
+        if self.save_dir is not None:  # weights only, to build a bundle of any epoch later
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            path = self.save_dir / f"epoch{trainer.current_epoch + 1}.pt"
+            torch.save({k: v.detach().cpu() for k, v in pl_module.model.state_dict().items()}, path)
+            row["weights"] = str(path)
         row["peak_rss_mb"] = _rss_mb()
         self.record.setdefault("epochs", []).append(row)
         print("EPOCH", json.dumps(row), flush=True)
@@ -87,6 +99,7 @@ def main() -> None:
     ap.add_argument("--experiment", default=None)
     ap.add_argument("--test-each-epoch", action="store_true")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--save-each-epoch", default=None, help="folder for epochN.pt state dicts")
     a = ap.parse_args()
 
     from shoprec.tracking import RunTracker
@@ -101,7 +114,8 @@ def main() -> None:
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     config = load_experiment(a.config, a.set)
-    probe = EpochProbe(out, record, a.test_each_epoch)
+    save_dir = Path(a.save_each_epoch) if a.save_each_epoch else None
+    probe = EpochProbe(out, record, a.test_each_epoch, save_dir)
     if a.test_each_epoch:
         probe.dataset = open_dataset(config)
     w0, c0 = time.perf_counter(), time.process_time()
