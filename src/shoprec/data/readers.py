@@ -409,19 +409,8 @@ def _read_plain_csv(
     every column: a query that prunes unused columns silently drops extra fields, so
     collect ``frame`` without projection pushdown (validation does).
     """
-    header = 1 if read.has_header else 0
     cols = [c for c in names if c in required]
-    lf = pl.scan_csv(
-        info.path,
-        separator=read.separator,
-        has_header=read.has_header,
-        new_columns=names,
-        infer_schema=False,
-        quote_char=None,
-        row_index_name=schema.SOURCE_LINE,
-        row_index_offset=1 + header,
-        raise_if_empty=False,
-    ).select(
+    lf = _scan_csv(info, read, names, quote_char=None).select(
         schema.SOURCE_LINE,
         pl.lit(None, pl.String).alias(READ_ERROR),
         *cols,
@@ -430,6 +419,22 @@ def _read_plain_csv(
     source = _finish(lf, info, names, required, read, info.has_blanks)
     source.fallback = lambda: _split_lines(info, read, names, required)
     return source
+
+
+def _scan_csv(info: SourceFile, read: ReadConfig, names: list[str], **options: Any) -> pl.LazyFrame:
+    """Polars' CSV scan of ``info`` as text columns ``names``, each row numbered with its
+    physical line (``schema.SOURCE_LINE``, header counted); ``options`` go to ``scan_csv``."""
+    return pl.scan_csv(
+        info.path,
+        separator=read.separator,
+        has_header=read.has_header,
+        new_columns=names,
+        infer_schema=False,
+        row_index_name=schema.SOURCE_LINE,
+        row_index_offset=2 if read.has_header else 1,
+        raise_if_empty=False,
+        **options,
+    )
 
 
 def _split_lines(
@@ -459,17 +464,7 @@ def _read_quoted_csv(
 ) -> RawSource:
     """Polars' CSV parser when every record is one line; Python's csv module otherwise."""
     header = 1 if read.has_header else 0
-    lf = pl.scan_csv(
-        info.path,
-        separator=read.separator,
-        has_header=read.has_header,
-        new_columns=names,
-        infer_schema=False,
-        null_values=read.null_values or None,
-        row_index_name=schema.SOURCE_LINE,
-        row_index_offset=1 + header,
-        raise_if_empty=False,
-    )
+    lf = _scan_csv(info, read, names, null_values=read.null_values or None)
     try:
         # eager: a ragged row only fails when the fields are parsed, not when rows are counted
         df = lf.collect()
