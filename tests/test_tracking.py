@@ -158,3 +158,27 @@ def test_challenger_on_other_data_is_refused(tiny_dataset: Path, tmp_path: Path)
     )
     assert not decision.promoted
     assert "another dataset" in decision.message
+
+
+def _open_and_start_run(uri: str, name: str) -> str:
+    with RunTracker("race", name, tracking_uri=uri) as tracker:
+        tracker.log_metrics({"x": 1.0})
+    return tracker.run_id
+
+
+def test_processes_creating_a_fresh_sqlite_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two trainings started together on a fresh checkout once raced MLflow's lazy creation of
+    the sqlite store ("table experiments already exists"); the store is now created under a
+    file lock, and a concurrently created experiment is looked up instead of failing."""
+    import multiprocessing
+
+    uri = _uri(tmp_path)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        run_ids = pool.starmap(_open_and_start_run, [(uri, f"r{i}") for i in range(3)])
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("race")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(run_ids)
+    assert all(r.info.status == "FINISHED" for r in runs)

@@ -14,6 +14,7 @@ The default store is embedded (``sqlite:///<cwd>/mlflow.db``, no server needed);
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ import lightning as L
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from shoprec.errors import ShoprecError
 
@@ -49,6 +51,46 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     """``uri``, else ``$SHOPREC_TRACKING_URI``, ``$MLFLOW_TRACKING_URI``, else embedded sqlite."""
     found = uri or os.environ.get(ENV_URI) or os.environ.get("MLFLOW_TRACKING_URI")
     return found or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def open_client(uri: str, *, registry: bool = False) -> MlflowClient:
+    """An MLflow client for ``uri`` whose store exists and is migrated.
+
+    MLflow creates an embedded sqlite store lazily, on the first query, and two processes
+    doing that at once (two ``shoprec train`` started together, Optuna workers on a fresh
+    checkout) race: one fails with "table experiments already exists". For ``sqlite:///``
+    URIs the first query therefore runs under an exclusive ``flock`` on ``<db>.lock``; other
+    stores (a server, PostgreSQL) migrate once, with their own locking.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return MlflowClient(uri, registry_uri=uri) if registry else MlflowClient(uri)
+    db = Path(uri[len(prefix) :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(uri, registry_uri=uri) if registry else MlflowClient(uri)
+            client.search_experiments(max_results=1)  # creates and migrates the store
+            if registry:
+                client.search_registered_models(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created when missing (tolerating a concurrent creator)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)  # another process created it meanwhile
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
 
 
 def mlflow_key(key: str) -> str:
@@ -143,7 +185,7 @@ class RunTracker:
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.parent_run_id = parent_run_id
-        self.client = MlflowClient(self.tracking_uri)
+        self.client = open_client(self.tracking_uri)
         self.run_id = run_id or ""
         self._owned = run_id is None
         # Everything tracking costs the run (overhead accounting): client set-up, run start and
@@ -163,8 +205,7 @@ class RunTracker:
         if not self._owned:
             return self
         t0 = time.perf_counter()
-        exp = self.client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        exp_id = _experiment_id(self.client, self.experiment)
         tags = {
             "mlflow.runName": self.run_name,
             "git_commit": git_commit(),
@@ -294,9 +335,8 @@ def find_or_create_parent(
     study: str, *, tracking_uri: str | None = None, tags: Mapping[str, str] | None = None
 ) -> str:
     """The parent run of a tuning study (one per study, shared by all its workers)."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    exp = client.get_experiment_by_name(study)
-    exp_id = exp.experiment_id if exp else client.create_experiment(study)
+    client = open_client(resolve_tracking_uri(tracking_uri))
+    exp_id = _experiment_id(client, study)
     found = client.search_runs(
         [exp_id], filter_string=f"tags.`shoprec.role` = 'study' and tags.`optuna.study` = '{study}'"
     )
@@ -315,7 +355,7 @@ def find_or_create_parent(
 
 def end_run(run_id: str, *, tracking_uri: str | None = None, failed: bool = False) -> None:
     status = RunStatus.FAILED if failed else RunStatus.FINISHED
-    MlflowClient(resolve_tracking_uri(tracking_uri)).set_terminated(
+    open_client(resolve_tracking_uri(tracking_uri)).set_terminated(
         run_id, status=RunStatus.to_string(status)
     )
 
@@ -332,7 +372,7 @@ class PromotionDecision:
 def _client(tracking_uri: str | None) -> MlflowClient:
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri, registry_uri=uri)
+    return open_client(uri, registry=True)
 
 
 def register(
@@ -352,7 +392,7 @@ def register(
         )
     try:
         client.get_registered_model(task)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         client.create_registered_model(task)
     source = f"{run.info.artifact_uri}/{artifact_path}"
     tags = {k: v for k, v in run.data.tags.items() if k.startswith(("dataset", "protocol"))}
@@ -386,7 +426,7 @@ def promote(
     value = run.data.metrics.get(key)
     try:
         champ = client.get_model_version_by_alias(task, CHAMPION)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         champ = None
     if champ is not None and str(champ.version) == str(mv.version):
         return PromotionDecision(True, f"version {version} is already the {CHAMPION}", version)
