@@ -384,7 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     hybrid_verbs = hybrid.add_subparsers(dest="hybrid_verb", metavar="STEP")
     hybrid_verbs.required = True
     p = hybrid_verbs.add_parser("tune", help="grid of weight x temperature on validation cases")
-    p.add_argument("--neural", required=True, help="neural bundle trained on --data's train")
+    p.add_argument(
+        "--neural",
+        required=True,
+        nargs="+",
+        help="neural bundle(s) trained on --data's train (several: an ensemble)",
+    )
     p.add_argument("--data", required=True, help="prepared dataset with a validation window")
     p.add_argument("--knn", default="vsknn", choices=["vsknn", "sknn"])
     p.add_argument("--split", default="valid", choices=["valid"])
@@ -396,7 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the grid + best point as JSON here")
     p.set_defaults(func=_cmd_hybrid_tune)
     p = hybrid_verbs.add_parser("build", help="write a hybrid bundle")
-    p.add_argument("--neural", required=True, help="neural bundle trained on --data's train")
+    p.add_argument(
+        "--neural",
+        required=True,
+        nargs="+",
+        help="neural bundle(s) trained on --data's train (several: an ensemble)",
+    )
     p.add_argument("--data", required=True, help="prepared dataset the kNN member is fitted on")
     p.add_argument("--knn", default="vsknn", choices=["vsknn", "sknn"])
     p.add_argument("--tuned", default=None, help="JSON from `hybrid tune --output` (best point)")

@@ -65,6 +65,23 @@ def test_left_padding_does_not_change_scores(embedding: int, layers: list[int]) 
     assert not torch.allclose(model.score(torch.tensor([[9, 5, 2]])), alone)
 
 
+@pytest.mark.parametrize(("embedding", "layers"), [(0, [16]), (8, [16, 12])])
+def test_shared_prefixes_give_each_row_its_own_state(embedding: int, layers: list[int]) -> None:
+    """session_vectors steps once per distinct prefix (a trie); every row must still equal its
+    own prefix stepped alone from a zero state: rows that share beginnings, duplicates,
+    a row that is another's prefix, interior padding, an empty row."""
+    model = _model(embedding, layers)
+    rows = [[5, 9, 2, 7], [5, 9, 2], [5, 9], [5], [9, 5], [5, 9, 2, 7], [3, 0, 4], [0, 0, 0]]
+    width = max(len(r) for r in rows)
+    batch = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    got = model.session_vectors(batch)
+    for row, out in zip(rows, got, strict=True):
+        clicks = [i for i in row if i != 0]
+        want = _fresh_state(model, clicks)[-1][0] if clicks else torch.zeros(layers[-1])
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[0], got[1])  # different prefixes differ (the check can fail)
+
+
 def test_score_uses_no_dropout_and_keeps_the_mode() -> None:
     torch.manual_seed(0)
     model = GRU4Rec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,16 @@ from shoprec.config import ConfigError
 from shoprec.export import load_bundle, save_bundle
 from shoprec.models.base import left_pad
 from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
-from shoprec.models.hybrid import Hybrid, HybridConfig, mix_log_probs
+from shoprec.models.hybrid import (
+    Hybrid,
+    HybridConfig,
+    ensemble_log_probs,
+    knn_votes,
+    member_votes,
+    mix_log_probs,
+    mix_parts,
+    neural_log_probs,
+)
 from shoprec.models.sknn import VSKNN
 from shoprec.training.config import validate_model_section
 
@@ -42,6 +52,86 @@ def test_mixture_equals_hand_computed_probabilities() -> None:
     e1 = np.exp(np.array([0.0, 2.0, 0.0]) / tau)  # no neighbours: the neural part alone
     np.testing.assert_allclose(out[1, 1:].numpy(), e1 / e1.sum(), rtol=1e-6)
     assert out[0, 0] == 0.0 and out[1, 0] == 0.0  # padding: log p = -inf
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.75, 1.0])
+def test_sparse_mixing_equals_the_dense_formula(weight: float) -> None:
+    """The mixture touches only the voted items; it must equal the dense formula
+    ``logaddexp(log w + log p, log(1 - w) + log(knn / sum knn))`` everywhere, with rows
+    without votes keeping ``log p``."""
+    gen = torch.Generator().manual_seed(3)
+    neural = torch.randn(6, 40, generator=gen)
+    neural[:, 0] = float("-inf")
+    knn = torch.rand(6, 40, generator=gen) * (torch.rand(6, 40, generator=gen) < 0.2)
+    knn[4] = 0.0  # a row without neighbours
+    log_p = neural_log_probs(neural, 0.5)
+    total = knn[:, 1:].sum(dim=1, keepdim=True)
+    log_k = torch.log(knn) - torch.log(torch.where(total > 0, total, torch.ones_like(total)))
+    if weight >= 1.0:
+        want = log_p.clone()
+    elif weight <= 0.0:
+        want = torch.where(total > 0, log_k, log_p)
+    else:
+        mixed = torch.logaddexp(log_p + math.log(weight), log_k + math.log(1.0 - weight))
+        want = torch.where(total > 0, mixed, log_p)
+    want[:, 0] = float("-inf")
+    before = log_p.clone()
+    got = mix_parts(log_p, knn_votes(knn), weight)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(log_p, before)  # the input is not modified (a grid reuses it)
+    if 0.0 < weight < 1.0:  # the check can fail: the votes do change the voted items
+        assert not torch.allclose(got, log_p + math.log(weight))
+
+
+def test_a_knn_members_sparse_votes_equal_its_dense_scores() -> None:
+    _, knn = _members()
+    prefixes = left_pad([[1, 2, 3], [4], [5, 6], [25, 24]])
+    sparse, dense = member_votes(knn, prefixes), knn_votes(knn.score(prefixes))
+    assert sparse.rows.numel() > 0
+    for got, want in zip(
+        (sparse.rows, sparse.cols, sparse.has), (dense.rows, dense.cols, dense.has), strict=True
+    ):
+        assert torch.equal(got, want)
+    torch.testing.assert_close(sparse.log_share, dense.log_share, rtol=1e-6, atol=1e-6)
+
+
+def test_an_ensemble_averages_the_members_probabilities() -> None:
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(3, 9, generator=gen), torch.randn(3, 9, generator=gen)
+    lp = [neural_log_probs(s, 0.7) for s in (a, b)]
+    got = ensemble_log_probs(lp).exp()
+    torch.testing.assert_close(got, (lp[0].exp() + lp[1].exp()) / 2, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(3))
+
+
+def test_an_ensemble_hybrid_mixes_the_members_mean(tmp_path: Path) -> None:
+    gru, knn = _members()
+    torch.manual_seed(1)
+    gru2 = GRU4Rec(GRU4RecConfig(n_items=N_ITEMS, layers=[8], dropout_p_embed=0.0)).eval()
+    config = HybridConfig(weight=0.6, temperature=0.5)
+    model = Hybrid([gru, gru2], knn, config)
+    prefixes = left_pad([[1, 2, 3], [4], [5, 6]])
+    p = (
+        neural_log_probs(gru.score(prefixes), 0.5).exp()
+        + neural_log_probs(gru2.score(prefixes), 0.5).exp()
+    ) / 2
+    votes = knn.score(prefixes)[:, 1:]
+    share = votes / votes.sum(dim=1, keepdim=True)
+    want = torch.where(votes.sum(dim=1, keepdim=True) > 0, 0.6 * p[:, 1:] + 0.4 * share, p[:, 1:])
+    torch.testing.assert_close(model.score(prefixes).exp()[:, 1:], want, rtol=1e-5, atol=1e-7)
+    # one member is not the ensemble (the check above can fail)
+    assert not torch.allclose(Hybrid(gru, knn, config).score(prefixes), model.score(prefixes))
+    items = pl.DataFrame(
+        {
+            schema.ITEM_IDX: list(range(1, N_ITEMS + 1)),
+            schema.ITEM_ID: [f"i{i}" for i in range(1, N_ITEMS + 1)],
+            schema.ITEM_COUNT: [1] * N_ITEMS,
+        }
+    )
+    loaded = load_bundle(save_bundle(tmp_path / "b", model, items))
+    assert isinstance(loaded.model, Hybrid) and len(loaded.model.neurals) == 2
+    assert [e["name"] for e in loaded.meta["model_config"]["neural"]] == ["gru4rec", "gru4rec"]
+    assert torch.equal(loaded.model.score(prefixes), model.score(prefixes))
 
 
 def test_weight_one_keeps_the_neural_ranking_and_zero_the_knn_votes() -> None:

@@ -52,6 +52,43 @@ def test_the_neural_row_of_the_grid_is_the_neural_models_own_score(
     assert result.best.weight == best["weight"]
 
 
+def test_an_ensemble_of_two_bundles_is_tuned_and_built(
+    gru_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Two neural bundles make an ensemble: the grid's w=1 row is the ensemble's own score
+    (its mean probability, scored like any model), and the built bundle holds both."""
+    from shoprec.models.hybrid import HybridConfig
+    from shoprec.training.hybrid import build_hybrid
+
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "tiny_gru4rec_for_hybrid_2",
+            "seed": 7,
+            "data": {"path": str(tiny_dataset)},
+            "output_dir": str(tmp_path / "second"),
+            "trainer": {"max_epochs": 1, "progress_bar": False, "patience": 0},
+            "model": {"name": "gru4rec", "layers": [16]},
+            "training": {"batch_size": 16, "n_sample": 16},
+            "evaluation": {"enabled": False},
+        }
+    )
+    second = fit(config).bundle_dir
+    dataset = PreparedDataset.open(tiny_dataset)
+    result = tune_hybrid([gru_bundle, second], dataset, weights=(1.0, 0.5), temperatures=(0.5,))
+    assert result.members["neural"] == [str(gru_bundle), str(second)]
+    out = build_hybrid([gru_bundle, second], dataset, tmp_path / "h", HybridConfig(weight=1.0))
+    built = load_bundle(out)
+    assert isinstance(built.model, Hybrid) and len(built.model.neurals) == 2
+    alone = next(r for r in result.rows if r["weight"] == 1.0)
+    ensemble = Hybrid(
+        built.model.neurals, built.model.knn, HybridConfig(weight=1.0, temperature=0.5)
+    )
+    want = evaluate_model(ensemble, dataset, split="valid").metrics
+    assert alone["valid/mrr@20"] == pytest.approx(want["valid/mrr@20"], abs=1e-12)
+    single = tune_hybrid(gru_bundle, dataset, weights=(1.0,), temperatures=(0.5,)).rows[0]
+    assert single["valid/mrr@20"] != alone["valid/mrr@20"]  # the second member does count
+
+
 def test_tuning_on_test_is_refused(gru_bundle: Path, tiny_dataset: Path) -> None:
     with pytest.raises(ShoprecError, match="never on test"):
         tune_hybrid(gru_bundle, PreparedDataset.open(tiny_dataset), split="test")

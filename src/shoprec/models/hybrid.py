@@ -1,29 +1,40 @@
-"""Weighted hybrid of a neural next-item model and a session-kNN model.
+"""Weighted hybrid of neural next-item models and a session-kNN model.
 
 Neural and neighbourhood models make different mistakes on session data (Ludewig, Mauro,
 Latifi & Jannach, "Performance comparison of neural and non-neural approaches to session-based
 recommendation", RecSys 2019; Jannach & Ludewig, "When Recurrent Neural Networks meet the
 Neighborhood for Session-Based Recommendation", RecSys 2017, where a weighted GRU4Rec + kNN
-hybrid beat both parts). This model mixes the two as probability distributions over the
+hybrid beat both parts). This model mixes them as probability distributions over the
 catalogue:
 
-    p(i) = w * softmax(s_neural / tau)(i) + (1 - w) * knn(i) / sum_j knn(j)
+    p(i) = w * mean_m softmax(s_m / tau)(i) + (1 - w) * knn(i) / sum_j knn(j)
 
-``knn`` are the kNN model's non-negative neighbour votes. A prefix with no neighbour keeps the
+``s_m`` are the scores of the neural members (one model, or an ensemble of independently
+trained ones, e.g. the same architecture with other seeds: their probabilities are averaged),
+``knn`` the kNN model's non-negative neighbour votes. A prefix with no neighbour keeps the
 neural distribution alone (its ranking is the neural ranking). Scores are ``log p`` computed
 with ``logaddexp``, so no probability underflows to a tie. ``w`` and ``tau`` are chosen on a
 validation window (``shoprec hybrid tune``), never on test.
 
-The bundle holds both members: their configs under ``neural`` / ``knn`` and their tensors
-prefixed ``neural.`` / ``knn.``; loading rebuilds each through the model registry, so nothing
-is unpickled.
+kNN votes are sparse (a few hundred of 43k items per prefix on Diginetica), and an item
+without a vote has ``log p = log w + log p_neural``: the mixture is one shift of the neural
+log-probabilities plus a ``logaddexp`` at the voted items only (:class:`KnnVotes`), which is
+the same number the dense formula gives, without a transcendental pass over the catalogue.
+
+The bundle holds all members: a single neural member's config under ``neural`` and its tensors
+prefixed ``neural.``; an ensemble's configs as a list under ``neural`` and member ``m``'s
+tensors prefixed ``neural{m}.``; the kNN member under ``knn`` / ``knn.``. Loading rebuilds each
+through the model registry, so nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -33,7 +44,10 @@ from shoprec.models.base import NextItemModel
 __all__ = [
     "Hybrid",
     "HybridConfig",
-    "knn_log_probs",
+    "KnnVotes",
+    "ensemble_log_probs",
+    "knn_votes",
+    "member_votes",
     "mix_log_probs",
     "mix_parts",
     "neural_log_probs",
@@ -62,103 +76,197 @@ def mix_log_probs(
     """
     if neural_scores.shape != knn_scores.shape or neural_scores.dim() != 2:
         raise ValueError("expected two (B, n_items + 1) score tensors of the same shape")
-    log_k, has = knn_log_probs(knn_scores)
-    return mix_parts(neural_log_probs(neural_scores, temperature), log_k, has, weight)
+    return mix_parts(neural_log_probs(neural_scores, temperature), knn_votes(knn_scores), weight)
 
 
 def neural_log_probs(neural_scores: torch.Tensor, temperature: float) -> torch.Tensor:
     """``log softmax(neural / tau)`` over the items (column 0, the padding, excluded)."""
     if temperature <= 0.0:
         raise ValueError("need temperature > 0")
-    s_n = neural_scores.float().clone()
+    s_n = neural_scores.float() / temperature  # a new tensor: the input is never modified
     s_n[:, 0] = float("-inf")
-    return torch.log_softmax(s_n / temperature, dim=1)
+    return torch.log_softmax(s_n, dim=1)
 
 
-def knn_log_probs(knn_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log(knn / sum(knn)), has (B, 1))``: ``has`` marks the rows with any vote."""
-    knn = knn_scores.float().clone()
-    knn[:, 0] = 0.0
-    if bool((knn < 0).any()):
+def ensemble_log_probs(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``log(mean_m p_m)`` of the members' log-probabilities (the first one alone as is).
+
+    >>> a = torch.tensor([[float("-inf"), math.log(0.2), math.log(0.8)]])
+    >>> b = torch.tensor([[float("-inf"), math.log(0.6), math.log(0.4)]])
+    >>> [round(v, 6) for v in ensemble_log_probs([a, b]).exp()[0].tolist()]
+    [0.0, 0.4, 0.6]
+    """
+    if not parts:
+        raise ValueError("need at least one member")
+    if len(parts) == 1:
+        return parts[0]
+    out = parts[0]
+    for part in parts[1:]:
+        out = torch.logaddexp(out, part)
+    out = out - math.log(len(parts))
+    out[:, 0] = float("-inf")
+    return out
+
+
+@dataclass(frozen=True)
+class KnnVotes:
+    """The non-zero kNN votes of a batch: ``log_share = log(knn / sum(knn))`` at
+    ``(rows, cols)``; ``has (B, 1)`` marks the rows with any vote."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    log_share: torch.Tensor
+    has: torch.Tensor
+
+
+def knn_votes(knn_scores: torch.Tensor) -> KnnVotes:
+    """The :class:`KnnVotes` of kNN scores ``(B, n_items + 1)`` (column 0 ignored)."""
+    body = knn_scores[:, 1:]
+    if bool((body < 0).any()):
         raise ValueError("kNN scores must be non-negative")
-    total = knn.sum(dim=1, keepdim=True)
-    has = total > 0
-    log_k = torch.log(knn) - torch.log(torch.where(has, total, torch.ones_like(total)))
-    return log_k, has
+    total = body.float().sum(dim=1, keepdim=True)
+    rows, cols = torch.nonzero(body > 0, as_tuple=True)
+    cols = cols + 1
+    share = torch.log(knn_scores[rows, cols].float()) - torch.log(total[rows, 0])
+    return KnnVotes(rows=rows, cols=cols, log_share=share, has=total > 0)
 
 
-def mix_parts(
-    log_p: torch.Tensor, log_k: torch.Tensor, has: torch.Tensor, weight: float
-) -> torch.Tensor:
-    """The mixture from :func:`neural_log_probs` and :func:`knn_log_probs` (so a grid over
-    ``w`` reuses both); rows without kNN votes keep the neural part alone."""
+def member_votes(knn: NextItemModel, prefixes: torch.Tensor) -> KnnVotes:
+    """The :class:`KnnVotes` of a kNN member for ``prefixes``: straight from its sparse scores
+    when it has them (``score_numpy``: flat keys ``row * (n_items + 1) + item`` and sums, as
+    the session-kNN models), else from its dense :meth:`score`."""
+    sparse = getattr(knn, "score_numpy", None)
+    if sparse is None:
+        return knn_votes(knn.score(prefixes))
+    arr = prefixes.detach().cpu().numpy().astype(np.int64, copy=False)
+    keys, sums = sparse(arr)
+    vals = np.asarray(sums).astype(np.float32)  # the dense score()'s float32 values
+    if (vals < 0).any():
+        raise ValueError("kNN scores must be non-negative")
+    keep = vals > 0
+    keys, vals = np.asarray(keys)[keep], vals[keep]
+    width = int(knn.n_items) + 1
+    rows, cols = np.divmod(keys, width)
+    total = np.bincount(rows, weights=vals, minlength=arr.shape[0]).astype(np.float32)
+    total_t = torch.from_numpy(total).unsqueeze(1)  # (B, 1)
+    rows_t, cols_t = torch.from_numpy(rows), torch.from_numpy(cols)
+    share = torch.log(torch.from_numpy(vals)) - torch.log(total_t[rows_t, 0])
+    return KnnVotes(rows=rows_t, cols=cols_t, log_share=share, has=total_t > 0)
+
+
+def mix_parts(log_p: torch.Tensor, votes: KnnVotes, weight: float) -> torch.Tensor:
+    """The mixture from :func:`neural_log_probs` (or :func:`ensemble_log_probs`) and
+    :func:`knn_votes` (so a grid over ``w`` reuses both); rows without kNN votes keep the
+    neural part alone. ``log_p`` is not modified."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError("need 0 <= weight <= 1")
     if weight >= 1.0:
         out = log_p.clone()
-    elif weight <= 0.0:
-        out = torch.where(has, log_k, log_p)  # no neighbour at all: the neural order
+    elif weight <= 0.0:  # the kNN votes; no neighbour at all: the neural order
+        out = torch.where(votes.has, torch.full_like(log_p, float("-inf")), log_p)
+        out[votes.rows, votes.cols] = votes.log_share
     else:
-        mixed = torch.logaddexp(log_p + math.log(weight), log_k + math.log(1.0 - weight))
-        out = torch.where(has, mixed, log_p)
+        log_w = torch.tensor(math.log(weight), dtype=log_p.dtype, device=log_p.device)
+        shift = torch.where(votes.has, log_w, torch.zeros_like(log_w))  # (B, 1)
+        out = log_p + shift
+        out[votes.rows, votes.cols] = torch.logaddexp(
+            log_p[votes.rows, votes.cols] + log_w, votes.log_share + math.log(1.0 - weight)
+        )
     out[:, 0] = float("-inf")
     return out
 
 
 class Hybrid:
-    """``p = w * softmax(neural / tau) + (1 - w) * knn / sum(knn)``; see the module docstring."""
+    """``p = w * mean_m softmax(neural_m / tau) + (1 - w) * knn / sum(knn)``; see the module
+    docstring. ``neural`` is one model or a sequence of them (an ensemble)."""
 
     name = "hybrid"
 
     def __init__(
-        self, neural: NextItemModel, knn: NextItemModel, config: HybridConfig | None = None
+        self,
+        neural: NextItemModel | Sequence[NextItemModel],
+        knn: NextItemModel,
+        config: HybridConfig | None = None,
     ) -> None:
-        if int(neural.n_items) != int(knn.n_items):
-            raise ValueError(
-                f"hybrid members disagree on the catalogue: {neural.name} has {neural.n_items} "
-                f"items, {knn.name} has {knn.n_items}"
-            )
-        self.neural = neural
+        members = list(neural) if isinstance(neural, Sequence) else [neural]
+        if not members:
+            raise ValueError("a hybrid needs at least one neural member")
+        for member in members:
+            if int(member.n_items) != int(knn.n_items):
+                raise ValueError(
+                    f"hybrid members disagree on the catalogue: {member.name} has "
+                    f"{member.n_items} items, {knn.name} has {knn.n_items}"
+                )
+        self.neurals = members
         self.knn = knn
         self.config = config or HybridConfig()
-        self.n_items = int(neural.n_items)
+        self.n_items = int(knn.n_items)
+
+    @property
+    def neural(self) -> NextItemModel:
+        """The first neural member."""
+        return self.neurals[0]
 
     def eval(self) -> Hybrid:
-        for member in (self.neural, self.knn):
+        for member in (*self.neurals, self.knn):
             if hasattr(member, "eval"):
                 member.eval()
         return self
 
-    def score(self, prefixes: torch.Tensor) -> torch.Tensor:
+    def neural_log_probs(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """``log mean_m softmax(neural_m / tau)`` of ``prefixes``."""
         with torch.inference_mode():
-            s_n = self.neural.score(prefixes)
-            s_k = self.knn.score(prefixes)
-        return mix_log_probs(s_n, s_k, self.config.weight, self.config.temperature)
+            parts = [
+                neural_log_probs(m.score(prefixes), self.config.temperature) for m in self.neurals
+            ]
+        return ensemble_log_probs(parts)
+
+    def score(self, prefixes: torch.Tensor) -> torch.Tensor:
+        log_p = self.neural_log_probs(prefixes)
+        with torch.inference_mode():
+            votes = member_votes(self.knn, prefixes)
+        return mix_parts(log_p, votes, self.config.weight)
 
     def to_bundle(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         config: dict[str, Any] = self.config.model_dump()
         tensors: dict[str, torch.Tensor] = {}
-        for role, member in (("neural", self.neural), ("knn", self.knn)):
+        several = len(self.neurals) > 1
+        entries: list[dict[str, Any]] = []
+        for m, member in enumerate(self.neurals):
             cfg, ts = member.to_bundle()
-            config[role] = {"name": member.name, "config": cfg}
-            tensors.update({f"{role}.{k}": v for k, v in ts.items()})
+            entries.append({"name": member.name, "config": cfg})
+            prefix = f"neural{m}." if several else "neural."
+            tensors.update({f"{prefix}{k}": v for k, v in ts.items()})
+        config["neural"] = entries if several else entries[0]
+        cfg, ts = self.knn.to_bundle()
+        config["knn"] = {"name": self.knn.name, "config": cfg}
+        tensors.update({f"knn.{k}": v for k, v in ts.items()})
         return config, tensors
 
     @classmethod
     def from_bundle(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Hybrid:
+        neural = config.get("neural")
+        if isinstance(neural, list) and neural:
+            roles = [(f"neural{m}.", entry) for m, entry in enumerate(neural)]
+        else:
+            roles = [("neural.", neural)]
+        neurals = [cls._member("neural", entry, prefix, tensors) for prefix, entry in roles]
+        knn = cls._member("knn", config.get("knn"), "knn.", tensors)
+        knobs = {k: v for k, v in config.items() if k not in ("neural", "knn")}
+        return cls(neurals, knn, HybridConfig.model_validate(knobs)).eval()
+
+    @classmethod
+    def _member(
+        cls, role: str, entry: Any, prefix: str, tensors: dict[str, torch.Tensor]
+    ) -> NextItemModel:
         from shoprec.models import registry
 
-        members: dict[str, NextItemModel] = {}
-        for role in ("neural", "knn"):
-            entry = config.get(role)
-            if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
-                raise ValueError(f"hybrid bundle config lacks its {role!r} member")
-            if entry["name"] == cls.name:
-                raise ValueError("a hybrid cannot contain a hybrid")
-            prefix = f"{role}."
-            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            member_cls = registry.model_class(str(entry["name"]))
-            members[role] = member_cls.from_bundle(entry["config"], own)
-        knobs = {k: v for k, v in config.items() if k not in ("neural", "knn")}
-        model = cls(members["neural"], members["knn"], HybridConfig.model_validate(knobs))
-        return model.eval()
+        if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
+            raise ValueError(f"hybrid bundle config lacks its {role!r} member")
+        if entry["name"] == cls.name:
+            raise ValueError("a hybrid cannot contain a hybrid")
+        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        model: NextItemModel = registry.model_class(str(entry["name"])).from_bundle(
+            entry["config"], own
+        )
+        return model

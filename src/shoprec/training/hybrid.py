@@ -10,6 +10,7 @@ test with ``shoprec evaluate`` like any other bundle. Test cases are never read 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from shoprec.models.base import NextItemModel, left_pad
 from shoprec.models.hybrid import (
     Hybrid,
     HybridConfig,
-    knn_log_probs,
+    ensemble_log_probs,
+    member_votes,
     mix_parts,
     neural_log_probs,
 )
@@ -76,8 +78,26 @@ class TuneResult:
         return HybridConfig(weight=top["weight"], temperature=top["temperature"])
 
 
+def _neural_paths(neural_bundle: str | Path | Sequence[str | Path]) -> list[Path]:
+    paths = (
+        [Path(neural_bundle)]
+        if isinstance(neural_bundle, str | Path)
+        else [Path(p) for p in neural_bundle]
+    )
+    if not paths:
+        raise ShoprecError("a hybrid needs at least one neural bundle")
+    return paths
+
+
+def _load_neurals(paths: list[Path], dataset: PreparedDataset) -> list[Bundle]:
+    bundles = [load_bundle(p) for p in paths]
+    for bundle in bundles:
+        _check_catalogue(bundle, dataset)
+    return bundles
+
+
 def tune_hybrid(
-    neural_bundle: str | Path,
+    neural_bundle: str | Path | Sequence[str | Path],
     dataset: PreparedDataset,
     *,
     knn: str = "vsknn",
@@ -91,15 +111,16 @@ def tune_hybrid(
 
     Each member scores a batch once; every grid point re-mixes those scores. ``w = 1`` (the
     neural model alone) is always in the grid, so the result says what the hybrid adds.
+    Several ``neural_bundle`` paths make an ensemble: their probabilities are averaged (their
+    ``w = 1`` row is the ensemble without kNN, at the grid's first temperature).
     """
     if split == "test":
         raise ShoprecError("tune the hybrid on a validation split, never on test")
     if not weights or not temperatures or batch_size < 1 or cutoff < 1:
         raise ShoprecError("need weights, temperatures, batch_size >= 1 and cutoff >= 1")
     t0 = time.perf_counter()
-    bundle = load_bundle(neural_bundle)
-    _check_catalogue(bundle, dataset)
-    neural = bundle.model
+    paths = _neural_paths(neural_bundle)
+    neurals = [b.model for b in _load_neurals(paths, dataset)]
     member = fit_knn(dataset, knn)
     cases = dataset.cases(split)
     if cases.height == 0:
@@ -111,17 +132,21 @@ def tune_hybrid(
     )
     hits = dict.fromkeys(grid, 0.0)
     rr = dict.fromkeys(grid, 0.0)
-    if hasattr(neural, "eval"):
-        neural.eval()
+    for neural in neurals:
+        if hasattr(neural, "eval"):
+            neural.eval()
     with torch.inference_mode():
         for lo in range(0, len(targets), batch_size):
             batch = left_pad(prefixes[lo : lo + batch_size])
             tgt = torch.from_numpy(targets[lo : lo + batch_size])
-            s_n = neural.score(batch)
-            log_k, has = knn_log_probs(member.score(batch))
-            log_p = {tau: neural_log_probs(s_n, tau) for tau in sorted({t for _, t in grid})}
+            s_n = [neural.score(batch) for neural in neurals]
+            votes = member_votes(member, batch)
+            log_p = {
+                tau: ensemble_log_probs([neural_log_probs(s, tau) for s in s_n])
+                for tau in sorted({t for _, t in grid})
+            }
             for w, tau in grid:
-                ranks = pessimistic_ranks(mix_parts(log_p[tau], log_k, has, w), tgt)
+                ranks = pessimistic_ranks(mix_parts(log_p[tau], votes, w), tgt)
                 hit = ranks <= cutoff
                 hits[(w, tau)] += float(hit.sum())
                 rr[(w, tau)] += float(torch.where(hit, 1.0 / ranks, torch.zeros_like(ranks)).sum())
@@ -141,13 +166,13 @@ def tune_hybrid(
         n_cases=n,
         cutoff=cutoff,
         split=split,
-        members={"neural": str(Path(neural_bundle)), "knn": knn},
+        members={"neural": [str(p) for p in paths], "knn": knn},
         seconds=time.perf_counter() - t0,
     )
 
 
 def build_hybrid(
-    neural_bundle: str | Path,
+    neural_bundle: str | Path | Sequence[str | Path],
     dataset: PreparedDataset,
     out: str | Path,
     config: HybridConfig,
@@ -155,24 +180,30 @@ def build_hybrid(
     knn: str = "vsknn",
     tuned: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a hybrid bundle: the neural bundle's model + a kNN fitted on ``dataset``'s train.
+    """Write a hybrid bundle: the neural bundles' models + a kNN fitted on ``dataset``'s train.
 
-    The neural bundle must have been trained on ``dataset`` (same item index). Its auxiliary
-    tables (the service's item neighbours) are carried over; ``tuned`` (where ``w`` and ``tau``
-    came from) is stored in ``bundle.json``.
+    Every neural bundle must have been trained on ``dataset`` (same item index). The first
+    one's auxiliary tables (the service's item neighbours) are carried over; ``tuned`` (where
+    ``w`` and ``tau`` came from) is stored in ``bundle.json``.
     """
-    bundle = load_bundle(neural_bundle)
-    _check_catalogue(bundle, dataset)
-    model = Hybrid(bundle.model, fit_knn(dataset, knn), config)
+    paths = _neural_paths(neural_bundle)
+    bundles = _load_neurals(paths, dataset)
+    model = Hybrid([b.model for b in bundles], fit_knn(dataset, knn), config)
+    bundle = bundles[0]
+    names = "+".join(str(b.meta.get("experiment") or b.meta["model_name"]) for b in bundles)
+    described = [
+        {
+            "bundle": str(p.resolve()),
+            "model_name": b.meta["model_name"],
+            "experiment": b.meta.get("experiment"),
+            "seed": b.meta.get("seed"),
+        }
+        for p, b in zip(paths, bundles, strict=True)
+    ]
     extra = {
-        "experiment": f"hybrid({bundle.meta.get('experiment') or bundle.meta['model_name']}+{knn})",
+        "experiment": f"hybrid({names}+{knn})",
         "members": {
-            "neural": {
-                "bundle": str(Path(neural_bundle).resolve()),
-                "model_name": bundle.meta["model_name"],
-                "experiment": bundle.meta.get("experiment"),
-                "seed": bundle.meta.get("seed"),
-            },
+            "neural": described if len(described) > 1 else described[0],
             "knn": {"model_name": knn, "fitted_on": str(dataset.root)},
         },
         "tuned": tuned or {},
