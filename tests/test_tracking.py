@@ -182,3 +182,27 @@ def test_processes_creating_a_fresh_sqlite_store_at_once_all_succeed(tmp_path: P
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.info.run_id for r in runs) == sorted(run_ids)
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_epoch_curves_hold_one_point_per_epoch(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Validation ran before the train-epoch hook; its metrics were once logged at both, so
+    every epoch had two identical ``val/*`` points. Each curve now has one point per epoch."""
+    uri = _uri(tmp_path)
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "curves",
+            "data": {"path": str(tiny_dataset)},
+            "output_dir": str(tmp_path / "runs"),
+            "trainer": {"max_epochs": 2, "progress_bar": False, "patience": 0},
+            "model": {"name": "gru4rec", "layers": [8]},
+            "training": {"batch_size": 16, "n_sample": 16},
+            "evaluation": {"enabled": False},
+        }
+    )
+    with RunTracker("tiny", "curves", tracking_uri=uri) as tracker:
+        fit(config, tracker=tracker)
+    client = MlflowClient(uri)
+    val = client.get_metric_history(tracker.run_id, mlflow_key("val/mrr@20"))
+    train = client.get_metric_history(tracker.run_id, "train/loss")
+    assert sorted(m.step for m in val) == [0, 1]
+    assert sorted(m.step for m in train) == [0, 1]

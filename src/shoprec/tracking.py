@@ -314,21 +314,23 @@ class EpochMetricsCallback(L.Callback):
     def __init__(self, tracker: RunTracker) -> None:
         self.tracker = tracker
 
-    def _log(self, trainer: L.Trainer) -> None:
+    def _log(self, trainer: L.Trainer, stage: str) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
-            if (k.startswith("train/") or k.startswith("val/")) and v.numel() == 1
+            if k.startswith(f"{stage}/") and v.numel() == 1
         }
-        self.tracker.log_metrics(metrics, step=trainer.current_epoch)
+        if metrics:
+            self.tracker.log_metrics(metrics, step=trainer.current_epoch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log(trainer)
+        self._log(trainer, "val")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log(trainer)
+        # validation ran before this hook: its metrics were logged then, once per epoch
+        self._log(trainer, "train")
 
 
 def find_or_create_parent(
