@@ -467,10 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# batch jobs that allocate (cases x catalogue) score tensors over and over: keep them on the heap
+_BATCH_VERBS = frozenset({"train", "evaluate", "hybrid", "tune", "demo"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if args.verb in _BATCH_VERBS:
+        from shoprec.allocation import reuse_large_allocations
+
+        reuse_large_allocations()
     try:
         return func(args)
     except (ShoprecError, FileNotFoundError) as exc:
