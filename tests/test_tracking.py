@@ -200,9 +200,16 @@ def test_epoch_curves_hold_one_point_per_epoch(tiny_dataset: Path, tmp_path: Pat
         }
     )
     with RunTracker("tiny", "curves", tracking_uri=uri) as tracker:
-        fit(config, tracker=tracker)
+        result = fit(config, tracker=tracker)
     client = MlflowClient(uri)
     val = client.get_metric_history(tracker.run_id, mlflow_key("val/mrr@20"))
     train = client.get_metric_history(tracker.run_id, "train/loss")
     assert sorted(m.step for m in val) == [0, 1]
     assert sorted(m.step for m in train) == [0, 1]
+    # and each point is that epoch's own value, not the previous epoch's
+    by_step = {m.step: m.value for m in val}
+    want = {int(row["epoch"]): row["val/mrr@20"] for row in result.history}
+    assert by_step == pytest.approx(want)
+    assert {m.step: m.value for m in train} == pytest.approx(
+        {int(row["epoch"]): row["train/loss"] for row in result.history}
+    )

@@ -325,11 +325,14 @@ class EpochMetricsCallback(L.Callback):
         if metrics:
             self.tracker.log_metrics(metrics, step=trainer.current_epoch)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not on_validation_epoch_end: callbacks run that hook before the module's own (where
+        # epoch-level metrics are logged) and before the epoch's values reach callback_metrics,
+        # so it would see the previous epoch's numbers
         self._log(trainer, "val")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # validation ran before this hook: its metrics were logged then, once per epoch
+        # validation ran before this hook and was logged then: once per epoch
         self._log(trainer, "train")
 
 
