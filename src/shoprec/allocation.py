@@ -18,23 +18,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 __all__ = ["reuse_large_allocations"]
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
-_DONE: list[bool] = []
 
 
+@functools.cache
 def reuse_large_allocations(threshold: int = 1 << 30) -> bool:
     """Serve allocations below ``threshold`` bytes from the heap and keep freed heap memory.
 
     Returns whether glibc accepted both settings (False on other platforms / C libraries).
     Idempotent.
     """
-    if _DONE:
-        return _DONE[0]
     ok = False
     if sys.platform.startswith("linux"):
         try:
@@ -45,5 +44,4 @@ def reuse_large_allocations(threshold: int = 1 << 30) -> bool:
                 ok = trim == 1 and mmap == 1
         except OSError:
             ok = False
-    _DONE.append(ok)
     return ok

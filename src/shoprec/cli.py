@@ -315,6 +315,18 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def _add_hybrid_members(p: argparse.ArgumentParser, data_help: str) -> None:
+    """``--neural``, ``--data`` and ``--knn``: the members of ``hybrid tune`` / ``build``."""
+    p.add_argument(
+        "--neural",
+        required=True,
+        nargs="+",
+        help="neural bundle(s) trained on --data's train (several: an ensemble)",
+    )
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--knn", default="vsknn", choices=["vsknn", "sknn"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shoprec",
@@ -384,14 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     hybrid_verbs = hybrid.add_subparsers(dest="hybrid_verb", metavar="STEP")
     hybrid_verbs.required = True
     p = hybrid_verbs.add_parser("tune", help="grid of weight x temperature on validation cases")
-    p.add_argument(
-        "--neural",
-        required=True,
-        nargs="+",
-        help="neural bundle(s) trained on --data's train (several: an ensemble)",
-    )
-    p.add_argument("--data", required=True, help="prepared dataset with a validation window")
-    p.add_argument("--knn", default="vsknn", choices=["vsknn", "sknn"])
+    _add_hybrid_members(p, "prepared dataset with a validation window")
     p.add_argument("--split", default="valid", choices=["valid"])
     p.add_argument(
         "--weights", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
@@ -401,14 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the grid + best point as JSON here")
     p.set_defaults(func=_cmd_hybrid_tune)
     p = hybrid_verbs.add_parser("build", help="write a hybrid bundle")
-    p.add_argument(
-        "--neural",
-        required=True,
-        nargs="+",
-        help="neural bundle(s) trained on --data's train (several: an ensemble)",
-    )
-    p.add_argument("--data", required=True, help="prepared dataset the kNN member is fitted on")
-    p.add_argument("--knn", default="vsknn", choices=["vsknn", "sknn"])
+    _add_hybrid_members(p, "prepared dataset the kNN member is fitted on")
     p.add_argument("--tuned", default=None, help="JSON from `hybrid tune --output` (best point)")
     p.add_argument("--weight", type=float, default=None, help="neural share w (overrides --tuned)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature tau")

@@ -53,6 +53,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return found or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+_READY_STORES: set[tuple[str, bool]] = set()  # (uri, registry) this process has created
+
+
 def open_client(uri: str, *, registry: bool = False) -> MlflowClient:
     """An MLflow client for ``uri`` whose store exists and is migrated.
 
@@ -63,7 +66,7 @@ def open_client(uri: str, *, registry: bool = False) -> MlflowClient:
     stores (a server, PostgreSQL) migrate once, with their own locking.
     """
     prefix = "sqlite:///"
-    if not uri.startswith(prefix):
+    if not uri.startswith(prefix) or (uri, registry) in _READY_STORES:
         return MlflowClient(uri, registry_uri=uri) if registry else MlflowClient(uri)
     db = Path(uri[len(prefix) :])
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,7 @@ def open_client(uri: str, *, registry: bool = False) -> MlflowClient:
                 client.search_registered_models(max_results=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY_STORES.add((uri, registry))
     return client
 
 

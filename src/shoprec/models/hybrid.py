@@ -119,16 +119,24 @@ class KnnVotes:
     has: torch.Tensor
 
 
-def knn_votes(knn_scores: torch.Tensor) -> KnnVotes:
-    """The :class:`KnnVotes` of kNN scores ``(B, n_items + 1)`` (column 0 ignored)."""
-    body = knn_scores[:, 1:]
-    if bool((body < 0).any()):
+def _votes(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int) -> KnnVotes:
+    """:class:`KnnVotes` from the kNN scores ``vals`` (float32) at ``(rows, cols)``; entries
+    that are zero are dropped, negative ones refused."""
+    if bool((vals < 0).any()):
         raise ValueError("kNN scores must be non-negative")
-    total = body.float().sum(dim=1, keepdim=True)
-    rows, cols = torch.nonzero(body > 0, as_tuple=True)
-    cols = cols + 1
-    share = torch.log(knn_scores[rows, cols].float()) - torch.log(total[rows, 0])
-    return KnnVotes(rows=rows, cols=cols, log_share=share, has=total > 0)
+    keep = vals > 0
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    total = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows, vals.double())
+    total32 = total.float().unsqueeze(1)  # (B, 1)
+    share = torch.log(vals) - torch.log(total32[rows, 0])
+    return KnnVotes(rows=rows, cols=cols, log_share=share, has=total32 > 0)
+
+
+def knn_votes(knn_scores: torch.Tensor) -> KnnVotes:
+    """The :class:`KnnVotes` of dense kNN scores ``(B, n_items + 1)`` (column 0 ignored)."""
+    body = knn_scores[:, 1:]
+    rows, cols = torch.nonzero(body != 0, as_tuple=True)
+    return _votes(rows, cols + 1, body[rows, cols].float(), knn_scores.shape[0])
 
 
 def member_votes(knn: NextItemModel, prefixes: torch.Tensor) -> KnnVotes:
@@ -140,18 +148,9 @@ def member_votes(knn: NextItemModel, prefixes: torch.Tensor) -> KnnVotes:
         return knn_votes(knn.score(prefixes))
     arr = prefixes.detach().cpu().numpy().astype(np.int64, copy=False)
     keys, sums = sparse(arr)
-    vals = np.asarray(sums).astype(np.float32)  # the dense score()'s float32 values
-    if (vals < 0).any():
-        raise ValueError("kNN scores must be non-negative")
-    keep = vals > 0
-    keys, vals = np.asarray(keys)[keep], vals[keep]
-    width = int(knn.n_items) + 1
-    rows, cols = np.divmod(keys, width)
-    total = np.bincount(rows, weights=vals, minlength=arr.shape[0]).astype(np.float32)
-    total_t = torch.from_numpy(total).unsqueeze(1)  # (B, 1)
-    rows_t, cols_t = torch.from_numpy(rows), torch.from_numpy(cols)
-    share = torch.log(torch.from_numpy(vals)) - torch.log(total_t[rows_t, 0])
-    return KnnVotes(rows=rows_t, cols=cols_t, log_share=share, has=total_t > 0)
+    rows, cols = np.divmod(np.asarray(keys, dtype=np.int64), int(knn.n_items) + 1)
+    vals = torch.from_numpy(np.asarray(sums).astype(np.float32))  # the dense score()'s values
+    return _votes(torch.from_numpy(rows), torch.from_numpy(cols), vals, arr.shape[0])
 
 
 def mix_parts(log_p: torch.Tensor, votes: KnnVotes, weight: float) -> torch.Tensor:
