@@ -414,18 +414,13 @@ class DotScorer:
     def of(cls, model: Any, coarse: str = "auto") -> DotScorer | None:
         """The scorer for ``model`` when it scores by a dot product we can reproduce, else None
         (the recommender then ranks ``model.score`` as it is)."""
-        weight: torch.Tensor
-        if callable(getattr(model, "session_vectors", None)) and callable(
-            getattr(model, "output_items", None)
+        if not (
+            callable(getattr(model, "session_vectors", None))
+            and callable(getattr(model, "output_items", None))
         ):
-            weight, bias = model.output_items()
-            vectors: Callable[[torch.Tensor], torch.Tensor] = model.session_vectors
-        elif getattr(model, "name", None) == "sasrec" and isinstance(
-            getattr(model, "output_weight", None), torch.Tensor
-        ):
-            weight, bias, vectors = model.output_weight, None, _sasrec_vectors(model)
-        else:
             return None
+        weight, bias = model.output_items()
+        vectors: Callable[[torch.Tensor], torch.Tensor] = model.session_vectors
         finite = torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())
         if not bool(finite):  # no bound holds for NaN / inf weights
             return None
@@ -559,24 +554,6 @@ class SessionStates:
                     if rest[b]:
                         self._put(key, [h[b].clone() for h in hidden])
             return hidden[-1]
-
-
-def _sasrec_vectors(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """SASRec's session vector: the last position of ``encode``, exactly as its ``score``."""
-
-    def vectors(prefixes: torch.Tensor) -> torch.Tensor:
-        was_training = model.training
-        device = model.output_weight.device
-        model.eval()
-        try:
-            with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-                prefixes = prefixes.to(device)[:, -model.config.max_len :]
-                last: torch.Tensor = model.encode(prefixes)[:, -1]  # (B, D)
-                return last
-        finally:
-            model.train(was_training)
-
-    return vectors
 
 
 @dataclass

@@ -164,8 +164,24 @@ class GRU4Rec(NeuralBundleMixin):
     # --- NextItemModel -----------------------------------------------------------------------
     def score_hidden(self, top: torch.Tensor) -> torch.Tensor:
         """Full-catalogue scores ``(B, N+1)`` from the top layer's state ``(B, H)``."""
-        scores = torch.addmm(self.item_bias.T, top, self.item_weight.T)  # (B, N+1)
-        scores[:, 0] = float("-inf")
+        return self.score_columns(top, 0, self.n_items + 1)
+
+    def score_columns(
+        self, vectors: torch.Tensor, lo: int, hi: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Columns ``lo:hi`` of the scores from the top layer's state ``vectors (B, H)``:
+        ``(B, hi - lo)``, a new contiguous tensor. The full catalogue is ``lo=0, hi=N+1``
+        (:meth:`score_hidden`), so a block is computed by the same float32 product; column 0
+        (padding) is ``-inf``. Evaluation scores the catalogue block by block
+        (:mod:`shoprec.evaluation.evaluate`), so a block's output stays in the CPU cache;
+        ``out``: a contiguous ``(B, hi - lo)`` tensor to write into."""
+        bias, weight = self.item_bias.T[:, lo:hi], self.item_weight[lo:hi].T
+        if out is None:
+            scores = torch.addmm(bias, vectors, weight)
+        else:
+            scores = torch.addmm(bias, vectors, weight, out=out)
+        if lo == 0 and hi > 0:
+            scores[:, 0] = float("-inf")
         return scores
 
     @torch.no_grad()

@@ -133,21 +133,43 @@ class SASRec(NeuralBundleMixin):
         return self.item_emb.weight
 
     @torch.no_grad()
-    def score(self, prefixes: torch.Tensor) -> torch.Tensor:
-        """Full-catalogue scores ``(B, N+1)`` from the last position of LEFT-padded prefixes.
-
-        Prefixes longer than ``max_len`` keep their last ``max_len`` items. No dropout and no
-        autocast: scores are computed in full precision (ties matter for pessimistic ranking).
-        """
+    def session_vectors(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """The last position's output ``(B, D)`` of LEFT-padded ``prefixes (B, T)``: the vector
+        :meth:`score` multiplies with the item matrix. Prefixes longer than ``max_len`` keep
+        their last ``max_len`` items. No dropout and no autocast (full precision)."""
         was_training = self.training
         device = self.item_emb.weight.device
         self.eval()
         try:
             with torch.autocast(device_type=device.type, enabled=False):
                 prefixes = prefixes.to(device)[:, -self.config.max_len :]
-                last = self.encode(prefixes)[:, -1]  # (B, D)
-                scores = last @ self.item_emb.weight.T  # (B, N+1)
-                scores[:, 0] = float("-inf")
-                return scores
+                last: torch.Tensor = self.encode(prefixes)[:, -1]  # (B, D)
+                return last
         finally:
             self.train(was_training)
+
+    def score_columns(
+        self, vectors: torch.Tensor, lo: int, hi: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Columns ``lo:hi`` of the scores of the session vectors ``(B, D)``: ``(B, hi - lo)``,
+        by the same float32 product as :meth:`score` (column 0, padding, is ``-inf``);
+        ``out``: a contiguous ``(B, hi - lo)`` tensor to write into."""
+        weight = self.item_emb.weight[lo:hi].T
+        with torch.autocast(device_type=vectors.device.type, enabled=False):
+            scores = vectors @ weight if out is None else torch.matmul(vectors, weight, out=out)
+        if lo == 0 and hi > 0:
+            scores[:, 0] = float("-inf")
+        return scores
+
+    def output_items(self) -> tuple[torch.Tensor, None]:
+        """``(W (N+1, D), no bias)``: scores are ``session_vectors @ W.T``."""
+        return self.item_emb.weight.detach(), None
+
+    @torch.no_grad()
+    def score(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """Full-catalogue scores ``(B, N+1)`` from the last position of LEFT-padded prefixes.
+
+        Prefixes longer than ``max_len`` keep their last ``max_len`` items. No dropout and no
+        autocast: scores are computed in full precision (ties matter for pessimistic ranking).
+        """
+        return self.score_columns(self.session_vectors(prefixes), 0, self.n_items + 1)
