@@ -16,15 +16,18 @@ from shoprec.export import load_bundle, save_bundle
 from shoprec.models.base import left_pad
 from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from shoprec.models.hybrid import (
+    FULL_SCORE_BLOCK,
     Hybrid,
     HybridConfig,
     ensemble_log_probs,
+    full_scores,
     knn_votes,
     member_votes,
     mix_log_probs,
     mix_parts,
     neural_log_probs,
 )
+from shoprec.models.sasrec import SASRec, SASRecConfig
 from shoprec.models.sknn import VSKNN
 from shoprec.training.config import validate_model_section
 
@@ -196,3 +199,35 @@ def test_bad_inputs_are_refused() -> None:
 def test_a_hybrid_is_not_trained_from_an_experiment_config() -> None:
     with pytest.raises(ConfigError, match="shoprec hybrid build"):
         validate_model_section({"name": "hybrid"}, "x.yaml")
+
+
+@pytest.mark.parametrize("kind", ["gru4rec", "sasrec"])
+def test_full_scores_in_blocks_equal_the_models_own_scores(kind: str) -> None:
+    """A catalogue wider than one block: the blocked product gives exactly ``score``'s numbers
+    (the hybrid and its tuning rank with them; evaluation relies on the same property)."""
+    n_items = 2 * FULL_SCORE_BLOCK + 37
+    torch.manual_seed(1)
+    model = (
+        GRU4Rec(GRU4RecConfig(n_items=n_items, layers=[24]))
+        if kind == "gru4rec"
+        else SASRec(SASRecConfig(n_items=n_items, hidden=16, max_len=6))
+    ).eval()
+    if isinstance(model, GRU4Rec):
+        with torch.no_grad():
+            model.item_bias.normal_(0, 0.1)
+    prefixes = left_pad([[1, 5, 9], [n_items], [3, 3], [7, 8, 9, 10, 11, 12, 13]])
+    assert torch.equal(full_scores(model, prefixes), model.score(prefixes))
+
+
+def test_owned_tensors_give_the_same_numbers() -> None:
+    gru, knn = _members()
+    prefixes = left_pad([[1, 2, 3], [4], [5, 6, 5], [24, 25]])
+    scores = gru.score(prefixes)
+    kept = scores.clone()
+    plain = neural_log_probs(scores, 0.3)
+    assert torch.equal(scores, kept)  # not owned: untouched
+    owned = neural_log_probs(scores.clone(), 0.3, own=True)
+    assert torch.equal(owned, plain)
+    votes = member_votes(knn, prefixes)
+    for w in (0.0, 0.4, 1.0):
+        assert torch.equal(mix_parts(plain.clone(), votes, w, own=True), mix_parts(plain, votes, w))

@@ -28,6 +28,7 @@ from shoprec.models.hybrid import (
     Hybrid,
     HybridConfig,
     ensemble_log_probs,
+    full_scores,
     member_votes,
     mix_parts,
     neural_log_probs,
@@ -139,7 +140,7 @@ def tune_hybrid(
         for lo in range(0, len(targets), batch_size):
             batch = left_pad(prefixes[lo : lo + batch_size])
             tgt = torch.from_numpy(targets[lo : lo + batch_size])
-            s_n = [neural.score(batch) for neural in neurals]
+            s_n = [full_scores(neural, batch) for neural in neurals]
             votes = member_votes(member, batch)
             log_p = {
                 tau: ensemble_log_probs([neural_log_probs(s, tau) for s in s_n])
