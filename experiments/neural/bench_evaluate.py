@@ -56,13 +56,21 @@ def _child(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
     dataset = PreparedDataset.open(args.data)
     load_s = time.perf_counter() - t0
-    res = evaluate_model(bundle.model, dataset, split="test", batch_size=args.batch_size)
+    pred = None
+    if args.predictions:  # the lists too (slower: the file is written): hash them below
+        import tempfile
+
+        pred = Path(tempfile.mkdtemp()) / "predictions.tsv"
+    res = evaluate_model(
+        bundle.model, dataset, split="test", batch_size=args.batch_size, predictions_out=pred
+    )
     out = {
         "load_s": load_s,
         "timing": res.timing,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "metrics": {k: res.metrics[k] for k in sorted(res.metrics)},
         "ranks_sha256": hashlib.sha256(res.ranks.tobytes()).hexdigest(),
+        "predictions_sha256": hashlib.sha256(pred.read_bytes()).hexdigest() if pred else None,
         "torch_threads": torch.get_num_threads(),
         "reuse_large_allocations": reused,
     }
@@ -84,6 +92,7 @@ def _run(src: Path, args: argparse.Namespace, bundle: str, batch: int) -> dict[s
         "--threads",
         str(args.threads),
         *(["--no-heap"] if args.no_heap else []),
+        *(["--predictions"] if args.predictions else []),
     ]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -100,6 +109,20 @@ def _run(src: Path, args: argparse.Namespace, bundle: str, batch: int) -> dict[s
     return result
 
 
+def _cpu_model() -> str:
+    """The CPU's model name and its widest vector extension (benchmarks differ between them)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.processor()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+    )
+    wide = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2") if f in flags]
+    return f"{name} ({', '.join(wide) or 'no AVX2'})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", nargs="+", required=True)
@@ -110,6 +133,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--no-heap", action="store_true", help="skip reuse_large_allocations()")
     p.add_argument("--before", default=None, help="an older checkout's src/ to compare with")
+    p.add_argument("--predictions", action="store_true", help="also write and hash the lists")
     p.add_argument("--out", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -137,7 +161,11 @@ def main() -> None:
     payload = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "cpu": _cpu_model(),
+        },
         "runs": runs,
     }
     if args.out:
