@@ -202,6 +202,7 @@ def _cmd_hybrid_tune(args: argparse.Namespace) -> int:
         args.neural,
         PreparedDataset.open(args.data),
         knn=args.knn,
+        knn_settings=_knn_settings(args.knn_set),
         split=args.split,
         weights=tuple(args.weights),
         temperatures=tuple(args.temperatures),
@@ -254,8 +255,18 @@ def _cmd_hybrid_build(args: argparse.Namespace) -> int:
     if weight is None or temperature is None:
         raise ShoprecError("give --weight and --temperature, or --tuned FILE from `hybrid tune`")
     config = HybridConfig(weight=weight, temperature=temperature)
+    members = tuned.get("members") or {}
+    settings = _knn_settings(args.knn_set)
+    if not args.knn_set and members.get("knn") == args.knn:  # the tuned kNN's own settings
+        settings = members.get("knn_config") or {}
     out = build_hybrid(
-        args.neural, PreparedDataset.open(args.data), args.output, config, knn=args.knn, tuned=tuned
+        args.neural,
+        PreparedDataset.open(args.data),
+        args.output,
+        config,
+        knn=args.knn,
+        knn_settings=settings,
+        tuned=tuned,
     )
     print(f"hybrid bundle (weight {config.weight:g}, temperature {config.temperature:g}): {out}")
     return 0
@@ -315,6 +326,19 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def _knn_settings(pairs: list[str] | None) -> dict[str, Any]:
+    """``--knn-set KEY=VALUE`` pairs as a dict (values read as YAML scalars: 200, 0.5, div)."""
+    import yaml
+
+    settings: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ShoprecError(f"--knn-set takes KEY=VALUE, got {pair!r}")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
 def _add_hybrid_members(p: argparse.ArgumentParser, data_help: str) -> None:
     """``--neural``, ``--data`` and ``--knn``: the members of ``hybrid tune`` / ``build``."""
     p.add_argument(
@@ -325,6 +349,13 @@ def _add_hybrid_members(p: argparse.ArgumentParser, data_help: str) -> None:
     )
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--knn", default="vsknn", choices=["vsknn", "sknn"])
+    p.add_argument(
+        "--knn-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a kNN setting over the published defaults, e.g. k=200 (repeatable); "
+        "`build` takes the tuned file's when none is given",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

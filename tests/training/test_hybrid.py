@@ -116,6 +116,29 @@ def test_cli_tune_then_build_then_evaluate(
     assert "give --weight" in capsys.readouterr().err
 
 
+def test_knn_settings_are_tuned_with_and_carried_into_the_build(
+    gru_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = tmp_path / "grid.json"
+    members = ["--neural", str(gru_bundle), "--data", str(tiny_dataset)]
+    tune = ["hybrid", "tune", *members, "--weights", "0.6", "--temperatures", "1"]
+    assert main([*tune, "--knn-set", "idf_weighting=2", "--output", str(grid)]) == 0
+    tuned = json.loads(grid.read_text())
+    assert tuned["members"]["knn_config"]["idf_weighting"] == 2.0
+    out = tmp_path / "hybrid"
+    assert main(["hybrid", "build", *members, "--tuned", str(grid), "--output", str(out)]) == 0
+    built = load_bundle(out)
+    assert built.model.knn.config.idf_weighting == 2.0  # the tuned kNN, not the defaults
+    assert built.meta["members"]["knn"]["config"]["idf_weighting"] == 2.0
+    explicit = ["--knn-set", "idf_weighting=0", "--output", str(tmp_path / "h0")]
+    assert main(["hybrid", "build", *members, "--tuned", str(grid), *explicit]) == 0
+    assert load_bundle(tmp_path / "h0").model.knn.config.idf_weighting == 0.0
+    capsys.readouterr()
+    assert main([*tune, "--knn-set", "no_such_knob=1"]) == 2
+    assert "no_such_knob" in capsys.readouterr().err
+    assert main([*tune, "--knn-set", "idf_weighting"]) == 2  # not KEY=VALUE
+
+
 def test_a_bundle_from_another_catalogue_is_refused(
     gru_bundle: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:

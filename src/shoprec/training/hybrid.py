@@ -34,18 +34,35 @@ from shoprec.models.hybrid import (
     neural_log_probs,
 )
 
-__all__ = ["TuneResult", "build_hybrid", "fit_knn", "tune_hybrid"]
+__all__ = ["TuneResult", "build_hybrid", "fit_knn", "knn_config", "tune_hybrid"]
 
 DEFAULT_WEIGHTS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 DEFAULT_TEMPERATURES = (0.25, 0.5, 1.0, 2.0)
 
 
+def knn_config(name: str, settings: dict[str, Any] | None = None) -> Any:
+    """The kNN member's validated config: published defaults with ``settings`` on top
+    (unknown keys and bad values are refused by the config model)."""
+    from shoprec.models.sknn import SKNNConfig, VSKNNConfig
+
+    classes: dict[str, Any] = {"vsknn": VSKNNConfig, "sknn": SKNNConfig}
+    if name not in classes:
+        raise ShoprecError(f"a hybrid's kNN member must be 'vsknn' or 'sknn', not {name!r}")
+    try:
+        return classes[name].model_validate(settings or {})
+    except ValueError as exc:
+        raise ShoprecError(f"{name} settings {settings}: {exc}") from exc
+
+
 def fit_knn(dataset: PreparedDataset, name: str = "vsknn", config: Any = None) -> NextItemModel:
-    """A kNN member (``vsknn`` or ``sknn``, published defaults) fitted on the train sessions."""
+    """A kNN member (``vsknn`` or ``sknn``) fitted on the train sessions; ``config``: its
+    config model, a dict of settings over the published defaults, or None (the defaults)."""
     from shoprec.models import registry
 
     if registry.regime(name) != "counts" or name == "pop":
         raise ShoprecError(f"a hybrid's kNN member must be 'vsknn' or 'sknn', not {name!r}")
+    if config is None or isinstance(config, dict):
+        config = knn_config(name, config)
     model: NextItemModel = registry.model_class(name).fit(
         dataset.train_sessions(), dataset.n_items, config
     )
@@ -102,6 +119,7 @@ def tune_hybrid(
     dataset: PreparedDataset,
     *,
     knn: str = "vsknn",
+    knn_settings: dict[str, Any] | None = None,
     split: str = "valid",
     weights: tuple[float, ...] = DEFAULT_WEIGHTS,
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES,
@@ -122,7 +140,8 @@ def tune_hybrid(
     t0 = time.perf_counter()
     paths = _neural_paths(neural_bundle)
     neurals = [b.model for b in _load_neurals(paths, dataset)]
-    member = fit_knn(dataset, knn)
+    knn_cfg = knn_config(knn, knn_settings)
+    member = fit_knn(dataset, knn, knn_cfg)
     cases = dataset.cases(split)
     if cases.height == 0:
         raise ShoprecError(f"{dataset.root}: no {split} cases to tune on")
@@ -167,7 +186,11 @@ def tune_hybrid(
         n_cases=n,
         cutoff=cutoff,
         split=split,
-        members={"neural": [str(p) for p in paths], "knn": knn},
+        members={
+            "neural": [str(p) for p in paths],
+            "knn": knn,
+            "knn_config": knn_cfg.model_dump(),
+        },
         seconds=time.perf_counter() - t0,
     )
 
@@ -179,6 +202,7 @@ def build_hybrid(
     config: HybridConfig,
     *,
     knn: str = "vsknn",
+    knn_settings: dict[str, Any] | None = None,
     tuned: dict[str, Any] | None = None,
 ) -> Path:
     """Write a hybrid bundle: the neural bundles' models + a kNN fitted on ``dataset``'s train.
@@ -189,7 +213,8 @@ def build_hybrid(
     """
     paths = _neural_paths(neural_bundle)
     bundles = _load_neurals(paths, dataset)
-    model = Hybrid([b.model for b in bundles], fit_knn(dataset, knn), config)
+    knn_cfg = knn_config(knn, knn_settings)
+    model = Hybrid([b.model for b in bundles], fit_knn(dataset, knn, knn_cfg), config)
     bundle = bundles[0]
     names = "+".join(str(b.meta.get("experiment") or b.meta["model_name"]) for b in bundles)
     described = [
@@ -205,7 +230,11 @@ def build_hybrid(
         "experiment": f"hybrid({names}+{knn})",
         "members": {
             "neural": described if len(described) > 1 else described[0],
-            "knn": {"model_name": knn, "fitted_on": str(dataset.root)},
+            "knn": {
+                "model_name": knn,
+                "config": knn_cfg.model_dump(),
+                "fitted_on": str(dataset.root),
+            },
         },
         "tuned": tuned or {},
     }
