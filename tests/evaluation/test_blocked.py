@@ -15,6 +15,7 @@ import torch
 
 from shoprec.data.dataset import PreparedDataset
 from shoprec.evaluation.evaluate import GROUP, _dot_blocks, _top_and_ranks, evaluate_model
+from shoprec.evaluation.metrics import pessimistic_ranks, top_k_items
 from shoprec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from shoprec.models.sasrec import SASRec, SASRecConfig
 from tests.evaluation.test_evaluate import write_dataset
@@ -133,6 +134,23 @@ def test_blocked_top_is_the_exact_top_with_index_ties(tmp_path: Path) -> None:
     expected = [450, 7, 300, *[i for i in range(1, 30) if i != 7][:18]]
     assert top.tolist() == [expected, expected]
     assert ranks.tolist() == [1.0, float(n_items)]  # 9 ties with 496 others below 3 leaders
+
+
+@pytest.mark.parametrize("n_items", [1400, 3000])  # >= 21 groups: the screen's theta is finite
+def test_screened_top_equals_a_full_sort(n_items: int) -> None:
+    """The group-maximum screen against the catalogue-wide reference (``top_k_items``, ties
+    by column) and ``pessimistic_ranks``, on integer scores full of ties."""
+    model = _dot_table(n_items, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    batch = torch.randint(1, n_items + 1, (40, 3), generator=gen)
+    targets = torch.randint(1, n_items + 1, (40,), generator=gen)
+    full = model.score(batch)
+    for block in (GROUP, 1024):
+        blocks = _dot_blocks(model, batch, n_items, block, {})
+        flag = torch.empty(40 * block)
+        top, ranks = _top_and_ranks(blocks, targets, n_items, flag, "dot")
+        assert top.tolist() == (top_k_items(full[:, 1:], 21) + 1).tolist()
+        assert ranks.tolist() == pessimistic_ranks(full, targets).tolist()
 
 
 def test_nan_scores_fail_loudly(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ from shoprec.evaluation.metrics import (
     popularity_percentiles,
     rank_metrics,
 )
-from shoprec.models.base import NextItemModel
+from shoprec.models.base import SCORE_BLOCK, NextItemModel, is_dot_product
 
 __all__ = ["LIST_LENGTH", "EvaluationResult", "evaluate_model", "lists_with_target"]
 
@@ -154,14 +154,8 @@ def _dataset_info(dataset: PreparedDataset) -> dict[str, Any]:
     return json.loads(json.dumps(info, default=str))
 
 
-ITEM_BLOCK = 4096  # catalogue columns per scoring block (8 MB of float32 for 512 rows)
+ITEM_BLOCK = SCORE_BLOCK  # catalogue columns per scoring block
 GROUP = 64  # columns per group whose maximum screens the top-k candidates (divides blocks)
-
-
-def _is_dot_model(model: NextItemModel) -> bool:
-    return callable(getattr(model, "session_vectors", None)) and callable(
-        getattr(model, "score_columns", None)
-    )
 
 
 def _scratch(
@@ -374,7 +368,7 @@ def evaluate_model(
         pred_tmp.parent.mkdir(parents=True, exist_ok=True)
         pred_file = open(pred_tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
     score_s = 0.0
-    blocked = bool(item_block) and _is_dot_model(model)
+    blocked = bool(item_block) and is_dot_product(model)
     block = max(GROUP, -(-int(item_block or ITEM_BLOCK) // GROUP) * GROUP)  # a multiple of GROUP
     scratch: dict[str, torch.Tensor] = {}  # the blocked path's reusable tensors
 

@@ -39,7 +39,7 @@ import torch
 from pydantic import Field
 
 from shoprec.config import StrictModel
-from shoprec.models.base import NextItemModel
+from shoprec.models.base import SCORE_BLOCK, NextItemModel, is_dot_product
 
 __all__ = [
     "Hybrid",
@@ -80,25 +80,24 @@ def mix_log_probs(
     return mix_parts(neural_log_probs(neural_scores, temperature), knn_votes(knn_scores), weight)
 
 
-FULL_SCORE_BLOCK = 4096  # catalogue columns per block of a member's product (full_scores)
+FULL_SCORE_BLOCK = SCORE_BLOCK  # catalogue columns per block of a member's product
 
 
 def full_scores(model: NextItemModel, prefixes: torch.Tensor) -> torch.Tensor:
     """``model.score(prefixes)``, a new ``(B, N+1)`` tensor; a dot-product model's
-    (``session_vectors`` and ``score_columns``, as GRU4Rec and SASRec) is computed in column
-    blocks of ``FULL_SCORE_BLOCK``, each the same float32 product into a contiguous block that
-    stays in the CPU cache, then copied into place: the same numbers as ``score``, faster for a
-    large catalogue (``tests/models/test_hybrid.py`` checks they are equal)."""
-    vectors_of = getattr(model, "session_vectors", None)
-    columns_of = getattr(model, "score_columns", None)
-    if vectors_of is None or columns_of is None:
+    (:func:`shoprec.models.base.is_dot_product`) is computed in column blocks of
+    ``FULL_SCORE_BLOCK``, each the same float32 product into a contiguous block that stays in
+    the CPU cache, then copied into place: the same numbers as ``score``, faster for a large
+    catalogue (``tests/models/test_hybrid.py`` checks they are equal)."""
+    if not is_dot_product(model):
         return model.score(prefixes)
-    vectors = vectors_of(prefixes)
+    dot: Any = model
+    vectors = dot.session_vectors(prefixes)
     width = int(model.n_items) + 1
     out = torch.empty((vectors.shape[0], width), dtype=vectors.dtype, device=vectors.device)
     for lo in range(0, width, FULL_SCORE_BLOCK):
         hi = min(lo + FULL_SCORE_BLOCK, width)
-        out[:, lo:hi] = columns_of(vectors, lo, hi)
+        out[:, lo:hi] = dot.score_columns(vectors, lo, hi)
     return out
 
 
