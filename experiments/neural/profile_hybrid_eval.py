@@ -20,8 +20,6 @@ from shoprec import schema
 from shoprec.data.dataset import PreparedDataset
 from shoprec.evaluation import evaluate as E
 from shoprec.models.hybrid import (
-    Hybrid,
-    HybridConfig,
     full_scores,
     member_votes,
     mix_parts,
@@ -41,7 +39,6 @@ g = model_class("gru4rec")(cfg).eval()
 t = time.perf_counter()
 knn = fit_knn(ds, "vsknn")
 print("knn fit", time.perf_counter() - t)
-h = Hybrid(g, knn, HybridConfig(weight=0.6, temperature=0.25)).eval()
 cases = ds.cases("test")
 pc = cases.get_column(schema.PREFIX_IDX)
 lengths = pc.list.len().to_numpy().astype(np.int64)
@@ -61,7 +58,7 @@ with torch.inference_mode():
         lo, hi = b * bs, (b + 1) * bs
         batch = E._pad_chunk(flat, offsets[lo:hi], lengths[lo:hi], None)
         t0 = time.perf_counter()
-        v = g.session_vectors(batch)
+        g.session_vectors(batch)
         tick("gru vectors", t0)
         t0 = time.perf_counter()
         s = full_scores(g, batch)
@@ -76,12 +73,12 @@ with torch.inference_mode():
         out = mix_parts(lp, votes, 0.6, own=True)
         tick("mix", t0)
         t0 = time.perf_counter()
-        blocks = [(c, out[:, c : c + 4096]) for c in range(1, n + 1, 4096)]
-        flag = E._scratch(scratch, "flag", (hi - lo) * 4096, out.device)
+        blocks = [(c, out[:, c : c + E.ITEM_BLOCK]) for c in range(1, n + 1, E.ITEM_BLOCK)]
+        flag = E._scratch(scratch, "flag", (hi - lo) * E.ITEM_BLOCK, out.device)
         E._top_and_ranks(blocks, torch.from_numpy(tg[lo:hi]), n, flag, "h")
         tick("screen+ranks (views)", t0)
         t0 = time.perf_counter()
-        blocks = E._dot_blocks(g, batch, n, 4096, scratch)
+        blocks = E._dot_blocks(g, batch, n, E.ITEM_BLOCK, scratch)
         tick("dot blocks (vectors+product)", t0)
         t0 = time.perf_counter()
         E._top_and_ranks(blocks, torch.from_numpy(tg[lo:hi]), n, flag, "g")

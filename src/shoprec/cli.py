@@ -327,16 +327,10 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _knn_settings(pairs: list[str] | None) -> dict[str, Any]:
-    """``--knn-set KEY=VALUE`` pairs as a dict (values read as YAML scalars: 200, 0.5, div)."""
-    import yaml
+    """``--knn-set KEY=VALUE`` pairs as a dict, parsed as ``--set`` overrides are."""
+    from shoprec.config import apply_overrides
 
-    settings: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ShoprecError(f"--knn-set takes KEY=VALUE, got {pair!r}")
-        settings[key.strip()] = yaml.safe_load(value)
-    return settings
+    return apply_overrides({}, pairs)
 
 
 def _add_hybrid_members(p: argparse.ArgumentParser, data_help: str) -> None:

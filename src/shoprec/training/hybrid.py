@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from shoprec import schema
+from shoprec.config import validate_config
 from shoprec.data.dataset import PreparedDataset
 from shoprec.errors import ShoprecError
 from shoprec.evaluation.metrics import pessimistic_ranks
@@ -48,10 +49,7 @@ def knn_config(name: str, settings: dict[str, Any] | None = None) -> Any:
     classes: dict[str, Any] = {"vsknn": VSKNNConfig, "sknn": SKNNConfig}
     if name not in classes:
         raise ShoprecError(f"a hybrid's kNN member must be 'vsknn' or 'sknn', not {name!r}")
-    try:
-        return classes[name].model_validate(settings or {})
-    except ValueError as exc:
-        raise ShoprecError(f"{name} settings {settings}: {exc}") from exc
+    return validate_config(classes[name], settings or {}, source=f"--knn-set ({name})")
 
 
 def fit_knn(dataset: PreparedDataset, name: str = "vsknn", config: Any = None) -> NextItemModel:
