@@ -207,17 +207,22 @@ def _cmd_hybrid_tune(args: argparse.Namespace) -> int:
         weights=tuple(args.weights),
         temperatures=tuple(args.temperatures),
         batch_size=args.batch_size,
+        refine=args.refine,
     )
     from rich.console import Console
     from rich.table import Table
 
     hr, mrr = f"{result.split}/hr@{result.cutoff}", f"{result.split}/mrr@{result.cutoff}"
     table = Table(title=f"hybrid grid on {result.n_cases:,} {result.split} cases (best first)")
-    for col in ("weight", "temperature", hr, mrr):
+    for col in ("weight", "temperature", hr, mrr, "pass"):
         table.add_column(col, justify="right")
     for row in result.rows:
         table.add_row(
-            f"{row['weight']:.2f}", f"{row['temperature']:g}", f"{row[hr]:.4f}", f"{row[mrr]:.4f}"
+            f"{row['weight']:g}",
+            f"{row['temperature']:g}",
+            f"{row[hr]:.4f}",
+            f"{row[mrr]:.5f}",
+            f"{row.get('pass', 0):g}",
         )
     Console().print(table)
     best = result.best
@@ -428,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help="passes that each try the points halfway between the best so far and its "
+        "neighbours (each pass costs about one grid pass)",
+    )
     p.add_argument("--output", default=None, help="write the grid + best point as JSON here")
     p.set_defaults(func=_cmd_hybrid_tune)
     p = hybrid_verbs.add_parser("build", help="write a hybrid bundle")

@@ -89,6 +89,47 @@ def test_an_ensemble_of_two_bundles_is_tuned_and_built(
     assert single["valid/mrr@20"] != alone["valid/mrr@20"]  # the second member does count
 
 
+def test_refinement_tries_the_midpoints_around_the_best_point_and_scores_them_alike(
+    gru_bundle: Path, tiny_dataset: Path
+) -> None:
+    """``refine=1`` adds the points halfway to the best point's grid neighbours; each refined
+    row scores exactly what a plain grid holding that point gives, and the best row is the
+    best over both passes."""
+    from shoprec.training.hybrid import refine_grid
+
+    dataset = PreparedDataset.open(tiny_dataset)
+    weights, temps = (1.0, 0.8, 0.4), (0.5, 2.0)
+    plain = tune_hybrid(gru_bundle, dataset, weights=weights, temperatures=temps)
+    refined = tune_hybrid(gru_bundle, dataset, weights=weights, temperatures=temps, refine=1)
+    first = [r for r in refined.rows if r["pass"] == 0]
+    second = [r for r in refined.rows if r["pass"] == 1]
+    assert {(r["weight"], r["temperature"]) for r in first} == {
+        (r["weight"], r["temperature"]) for r in plain.rows
+    }
+    best = plain.rows[0]
+    done = {(r["weight"], r["temperature"]) for r in plain.rows}
+    want = refine_grid((best["weight"], best["temperature"]), done)
+    assert want and sorted((r["weight"], r["temperature"]) for r in second) == want
+    assert not done & set(want)
+    w, tau = want[-1]
+    alone = tune_hybrid(gru_bundle, dataset, weights=(w,), temperatures=(tau,))
+    row = next(r for r in refined.rows if (r["weight"], r["temperature"]) == (w, tau))
+    mixed = next(r for r in alone.rows if r["weight"] == w)
+    assert row["valid/mrr@20"] == pytest.approx(mixed["valid/mrr@20"], abs=1e-12)
+    assert refined.rows[0]["valid/mrr@20"] == max(r["valid/mrr@20"] for r in refined.rows)
+    assert refined.rows[0]["valid/mrr@20"] >= best["valid/mrr@20"]
+
+
+def test_refine_grid_stays_inside_what_was_tried() -> None:
+    from shoprec.training.hybrid import refine_grid
+
+    done = {(1.0, 0.25), (0.9, 0.25), (0.9, 0.5), (0.5, 0.25), (0.5, 0.5)}
+    grid = refine_grid((0.9, 0.25), done)
+    assert grid == [(0.7, 0.25), (0.7, 0.375), (0.9, 0.375), (0.95, 0.25), (0.95, 0.375)]
+    assert all(w < 1.0 for w, _ in refine_grid((1.0, 0.25), done))
+    assert refine_grid((1.0, 0.25), {(1.0, 0.25)}) == []  # nothing below to halve towards
+
+
 def test_tuning_on_test_is_refused(gru_bundle: Path, tiny_dataset: Path) -> None:
     with pytest.raises(ShoprecError, match="never on test"):
         tune_hybrid(gru_bundle, PreparedDataset.open(tiny_dataset), split="test")

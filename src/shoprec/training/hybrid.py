@@ -35,7 +35,7 @@ from shoprec.models.hybrid import (
     neural_log_probs,
 )
 
-__all__ = ["TuneResult", "build_hybrid", "fit_knn", "knn_config", "tune_hybrid"]
+__all__ = ["TuneResult", "build_hybrid", "fit_knn", "knn_config", "refine_grid", "tune_hybrid"]
 
 DEFAULT_WEIGHTS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 DEFAULT_TEMPERATURES = (0.25, 0.5, 1.0, 2.0)
@@ -112,47 +112,19 @@ def _load_neurals(paths: list[Path], dataset: PreparedDataset) -> list[Bundle]:
     return bundles
 
 
-def tune_hybrid(
-    neural_bundle: str | Path | Sequence[str | Path],
-    dataset: PreparedDataset,
-    *,
-    knn: str = "vsknn",
-    knn_settings: dict[str, Any] | None = None,
-    split: str = "valid",
-    weights: tuple[float, ...] = DEFAULT_WEIGHTS,
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES,
-    cutoff: int = 20,
-    batch_size: int = 256,
-) -> TuneResult:
-    """Full-catalogue HR@cutoff / MRR@cutoff (pessimistic ties) of every (w, tau) on ``split``.
-
-    Each member scores a batch once; every grid point re-mixes those scores. ``w = 1`` (the
-    neural model alone) is always in the grid, so the result says what the hybrid adds.
-    Several ``neural_bundle`` paths make an ensemble: their probabilities are averaged (their
-    ``w = 1`` row is the ensemble without kNN, at the grid's first temperature).
-    """
-    if split == "test":
-        raise ShoprecError("tune the hybrid on a validation split, never on test")
-    if not weights or not temperatures or batch_size < 1 or cutoff < 1:
-        raise ShoprecError("need weights, temperatures, batch_size >= 1 and cutoff >= 1")
-    t0 = time.perf_counter()
-    paths = _neural_paths(neural_bundle)
-    neurals = [b.model for b in _load_neurals(paths, dataset)]
-    knn_cfg = knn_config(knn, knn_settings)
-    member = fit_knn(dataset, knn, knn_cfg)
-    cases = dataset.cases(split)
-    if cases.height == 0:
-        raise ShoprecError(f"{dataset.root}: no {split} cases to tune on")
-    prefixes = cases.get_column(schema.PREFIX_IDX).to_list()
-    targets = cases.get_column(schema.TARGET_IDX).to_numpy().astype(np.int64)
-    grid = sorted(
-        {(1.0, temperatures[0])} | {(w, t) for w in weights if w < 1.0 for t in temperatures}
-    )
+def _grid_pass(
+    neurals: list[NextItemModel],
+    member: NextItemModel,
+    prefixes: list[Any],
+    targets: np.ndarray,
+    grid: list[tuple[float, float]],
+    cutoff: int,
+    batch_size: int,
+) -> dict[tuple[float, float], tuple[float, float]]:
+    """Hits and reciprocal ranks (summed over the cases) of every ``(w, tau)`` in ``grid``:
+    each member scores a batch once, every grid point re-mixes those scores."""
     hits = dict.fromkeys(grid, 0.0)
     rr = dict.fromkeys(grid, 0.0)
-    for neural in neurals:
-        if hasattr(neural, "eval"):
-            neural.eval()
     with torch.inference_mode():
         for lo in range(0, len(targets), batch_size):
             batch = left_pad(prefixes[lo : lo + batch_size])
@@ -168,17 +140,117 @@ def tune_hybrid(
                 hit = ranks <= cutoff
                 hits[(w, tau)] += float(hit.sum())
                 rr[(w, tau)] += float(torch.where(hit, 1.0 / ranks, torch.zeros_like(ranks)).sum())
+    return {point: (hits[point], rr[point]) for point in grid}
+
+
+def _midpoints(value: float, tried: list[float]) -> list[float]:
+    """The points halfway from ``value`` to its nearest tried neighbour on each side (none
+    past the ends of what was tried), rounded to 4 decimals."""
+    ordered = sorted(set(tried))
+    i = ordered.index(value)
+    out = [value]
+    if i > 0:
+        out.append(round((ordered[i - 1] + value) / 2, 4))
+    if i + 1 < len(ordered):
+        out.append(round((ordered[i + 1] + value) / 2, 4))
+    return out
+
+
+def refine_grid(
+    best: tuple[float, float], done: set[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """One round of local refinement around the best ``(w, tau)`` so far: every pair of
+    ``w`` in {best, halfway to each neighbouring tried ``w``} and the same for ``tau``,
+    less the points already tried. ``w = 1`` (no kNN) has no ``tau`` to refine, so its
+    refinement only looks below it.
+
+    >>> done = {(1.0, 0.25), (0.9, 0.25), (0.9, 0.35), (0.9, 0.5), (0.8, 0.35)}
+    >>> refine_grid((0.9, 0.35), done)[:4]
+    [(0.85, 0.3), (0.85, 0.35), (0.85, 0.425), (0.9, 0.3)]
+    >>> len(refine_grid((0.9, 0.35), done))  # 3 x 3 less the best point itself
+    8
+    """
+    w, tau = best
+    weights = _midpoints(w, [p[0] for p in done])
+    temps = _midpoints(tau, [p[1] for p in done if p[0] < 1.0] or [tau])
+    grid = {(a, t) for a in weights for t in temps if a < 1.0}
+    return sorted(grid - done)
+
+
+def tune_hybrid(
+    neural_bundle: str | Path | Sequence[str | Path],
+    dataset: PreparedDataset,
+    *,
+    knn: str = "vsknn",
+    knn_settings: dict[str, Any] | None = None,
+    split: str = "valid",
+    weights: tuple[float, ...] = DEFAULT_WEIGHTS,
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES,
+    cutoff: int = 20,
+    batch_size: int = 256,
+    refine: int = 0,
+) -> TuneResult:
+    """Full-catalogue HR@cutoff / MRR@cutoff (pessimistic ties) of every (w, tau) on ``split``.
+
+    Each member scores a batch once; every grid point re-mixes those scores. ``w = 1`` (the
+    neural model alone) is always in the grid, so the result says what the hybrid adds.
+    Several ``neural_bundle`` paths make an ensemble: their probabilities are averaged (their
+    ``w = 1`` row is the ensemble without kNN, at the grid's first temperature).
+
+    ``refine`` more passes each try the points halfway between the best point so far and its
+    neighbours (:func:`refine_grid`): a finer grid where it matters, chosen on ``split`` like
+    the rest. Every row says which pass it came from (``pass`` 0 = the grid).
+    """
+    if split == "test":
+        raise ShoprecError("tune the hybrid on a validation split, never on test")
+    if not weights or not temperatures or batch_size < 1 or cutoff < 1 or refine < 0:
+        raise ShoprecError(
+            "need weights, temperatures, batch_size >= 1, cutoff >= 1 and refine >= 0"
+        )
+    t0 = time.perf_counter()
+    paths = _neural_paths(neural_bundle)
+    neurals = [b.model for b in _load_neurals(paths, dataset)]
+    knn_cfg = knn_config(knn, knn_settings)
+    member = fit_knn(dataset, knn, knn_cfg)
+    cases = dataset.cases(split)
+    if cases.height == 0:
+        raise ShoprecError(f"{dataset.root}: no {split} cases to tune on")
+    prefixes = cases.get_column(schema.PREFIX_IDX).to_list()
+    targets = cases.get_column(schema.TARGET_IDX).to_numpy().astype(np.int64)
+    for neural in neurals:
+        if hasattr(neural, "eval"):
+            neural.eval()
     n = len(targets)
-    rows = [
-        {
-            "weight": w,
-            "temperature": tau,
-            f"{split}/hr@{cutoff}": hits[(w, tau)] / n,
-            f"{split}/mrr@{cutoff}": rr[(w, tau)] / n,
-        }
-        for w, tau in grid
-    ]
-    rows.sort(key=lambda r: (-r[f"{split}/mrr@{cutoff}"], -r[f"{split}/hr@{cutoff}"], -r["weight"]))
+    hr_key, mrr_key = f"{split}/hr@{cutoff}", f"{split}/mrr@{cutoff}"
+
+    def order(row: dict[str, float]) -> tuple[float, float, float]:
+        return (-row[mrr_key], -row[hr_key], -row["weight"])
+
+    grid = sorted(
+        {(1.0, temperatures[0])} | {(w, t) for w in weights if w < 1.0 for t in temperatures}
+    )
+    rows: list[dict[str, float]] = []
+    for round_ in range(refine + 1):
+        if round_ > 0:
+            best = min(rows, key=order)
+            grid = refine_grid(
+                (best["weight"], best["temperature"]),
+                {(r["weight"], r["temperature"]) for r in rows},
+            )
+            if not grid:
+                break
+        sums = _grid_pass(neurals, member, prefixes, targets, grid, cutoff, batch_size)
+        rows += [
+            {
+                "weight": w,
+                "temperature": tau,
+                hr_key: hits / n,
+                mrr_key: rr / n,
+                "pass": round_,
+            }
+            for (w, tau), (hits, rr) in sums.items()
+        ]
+    rows.sort(key=order)
     return TuneResult(
         rows=rows,
         n_cases=n,
