@@ -219,6 +219,30 @@ def test_advance_resumes_bit_for_bit_and_matches_the_model(
     assert torch.equal(padded[-1][1], torch.zeros_like(padded[-1][1]))
 
 
+@pytest.mark.parametrize(("embedding", "layers"), [(0, [16]), (8, [16, 24])])
+def test_the_scripted_serving_loop_gives_the_python_loops_bits(
+    embedding: int, layers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the gate table, ``advance`` runs a TorchScript copy of its loop (no GIL held);
+    it must give exactly what the Python loop gives, from any state."""
+    from shoprec.models import gru4rec
+
+    assert gru4rec._scripted_advance() is not None  # TorchScript works in this torch
+    model = _model(embedding, layers, n_items=60).eval()
+    model.prepare_serving()
+    rng = np.random.default_rng(3)
+    sessions = [rng.integers(1, 61, size=rng.integers(1, 9)).tolist() for _ in range(9)]
+    start = [torch.randn(len(sessions), h) for h in layers]
+    fast = model.advance(left_pad(sessions), start)
+    fresh = model.advance(left_pad(sessions))
+    monkeypatch.setattr(gru4rec, "_SCRIPTED", [None])  # as where TorchScript is gone
+    assert gru4rec._scripted_advance() is None
+    for got, want in zip(fast, model.advance(left_pad(sessions), start), strict=True):
+        assert torch.equal(got, want)
+    for got, want in zip(fresh, model.advance(left_pad(sessions)), strict=True):
+        assert torch.equal(got, want)
+
+
 def test_the_gate_table_is_not_used_once_the_weights_change() -> None:
     model = _model(n_items=20).eval()
     model.prepare_serving()

@@ -27,8 +27,10 @@ This file depends on torch and the config base only; training lives in
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -281,14 +283,32 @@ class GRU4Rec(NeuralBundleMixin):
         serving cache can resume a session from a stored state. A lone session also costs
         less this way (a matrix-vector product reads the weights once, without packing them).
         Against :meth:`session_vectors` the states agree up to float32 rounding.
+
+        With the gate table of :meth:`prepare_serving` the loop runs as TorchScript
+        (:func:`_advance_rows`: the same operations, the same bits, tested), which holds no
+        GIL while it runs, so a service's event loop is not stalled by it; where TorchScript
+        is unavailable the loop below runs in Python.
         """
         device = self.item_weight.device
         with torch.autocast(device_type=device.type, enabled=False):
             b = prefixes.shape[0]
             state = list(hidden) if hidden is not None else self.init_hidden(b, device)
+            rows = [[i for i in items if i != 0] for items in prefixes.tolist()]
+            cached = getattr(self, "_serving_gates", None)
+            run = _scripted_advance()
+            if run is not None and cached is not None and cached[1] == self._gate_sources():
+                cells = [c for c in self.cells if isinstance(c, nn.GRUCell)]
+                return run(
+                    rows,
+                    state,
+                    cached[0],
+                    [c.weight_ih for c in cells],
+                    [c.bias_ih for c in cells],
+                    [c.weight_hh for c in cells],
+                    [c.bias_hh for c in cells],
+                )
             out = [h.clone() for h in state]
-            for row, items in enumerate(prefixes.tolist()):
-                items = [i for i in items if i != 0]
+            for row, items in enumerate(rows):
                 if not items:
                     continue
                 gates = self._first_gates(items)  # (n, 3H_0)
@@ -359,6 +379,56 @@ def prefix_trie(rows: list[list[int]]) -> PrefixTrie:
             depth += 1
         row_nodes.append(node)
     return PrefixTrie(parents=parents, items=items, levels=levels, row_nodes=row_nodes)
+
+
+def _advance_rows(
+    rows: list[list[int]],
+    state: list[torch.Tensor],
+    gate_table: torch.Tensor,
+    w_ih: list[torch.Tensor],
+    b_ih: list[torch.Tensor],
+    w_hh: list[torch.Tensor],
+    b_hh: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """:meth:`GRU4Rec.advance`'s loop with the first layer's gate table, for TorchScript:
+    the same operations in the same order (so the same bits), run by the TorchScript
+    interpreter, which releases the GIL and dispatches each operation for less than Python
+    does; the service's event loop keeps parsing requests meanwhile."""
+    out = [h.clone() for h in state]
+    for r in range(len(rows)):
+        items = rows[r]
+        if len(items) == 0:
+            continue
+        gates = gate_table[torch.tensor(items, dtype=torch.long, device=gate_table.device)]
+        hs = [h[r] for h in state]
+        for t in range(len(items)):
+            x = gates[t]
+            for layer in range(len(w_hh)):
+                gi = x if layer == 0 else torch.addmv(b_ih[layer], w_ih[layer], x)
+                gh = torch.addmv(b_hh[layer], w_hh[layer], hs[layer])
+                x = _gru_update(gi, gh, hs[layer])
+                hs[layer] = x
+        for layer in range(len(hs)):
+            out[layer][r] = hs[layer]
+    return out
+
+
+_SCRIPTED: list[Any] = []  # [the scripted _advance_rows, or None where scripting fails]
+
+
+def _scripted_advance() -> Callable[..., list[torch.Tensor]] | None:
+    """:func:`_advance_rows` compiled by TorchScript once per process, or None where this
+    torch cannot (TorchScript is deprecated; :meth:`GRU4Rec.advance` then runs the same
+    operations in Python)."""
+    if not _SCRIPTED:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "torch.jit.script is deprecated"
+                _SCRIPTED.append(torch.jit.script(_advance_rows))
+        except Exception:  # any failure means: run it in Python
+            _SCRIPTED.append(None)
+    fn: Callable[..., list[torch.Tensor]] | None = _SCRIPTED[0]
+    return fn
 
 
 def _gru_update(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
