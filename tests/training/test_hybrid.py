@@ -143,6 +143,11 @@ def test_cli_tune_then_build_then_evaluate(
     assert main([*args, "--weights", "1", "0.6", "--temperatures", "1", "--output", str(grid)]) == 0
     tuned = json.loads(grid.read_text())
     assert {"weight", "temperature"} <= set(tuned["best"]) and len(tuned["rows"]) == 2
+    refined = tmp_path / "refined.json"
+    weights = ["--weights", "1", "0.6", "0.2", "--temperatures", "0.5", "2"]
+    assert main([*args, *weights, "--refine", "1", "--output", str(refined)]) == 0
+    rows = json.loads(refined.read_text())["rows"]
+    assert {r["pass"] for r in rows} == {0, 1} and len(rows) > 5  # the grid's 5, then more
     out = tmp_path / "hybrid"
     build = ["hybrid", "build", "--neural", str(gru_bundle), "--data", str(tiny_dataset)]
     assert main([*build, "--tuned", str(grid), "--output", str(out)]) == 0
