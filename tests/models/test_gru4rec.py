@@ -219,17 +219,19 @@ def test_advance_resumes_bit_for_bit_and_matches_the_model(
     assert torch.equal(padded[-1][1], torch.zeros_like(padded[-1][1]))
 
 
+@pytest.mark.parametrize("prepared", [False, True])
 @pytest.mark.parametrize(("embedding", "layers"), [(0, [16]), (8, [16, 24])])
 def test_the_scripted_serving_loop_gives_the_python_loops_bits(
-    embedding: int, layers: list[int], monkeypatch: pytest.MonkeyPatch
+    embedding: int, layers: list[int], prepared: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the gate table, ``advance`` runs a TorchScript copy of its loop (no GIL held);
-    it must give exactly what the Python loop gives, from any state."""
+    """``advance`` runs its loop as TorchScript (no GIL held); it must give exactly what the
+    same loop gives in Python, from any state, with or without the gate table."""
     from shoprec.models import gru4rec
 
     assert gru4rec._scripted_advance() is not None  # TorchScript works in this torch
     model = _model(embedding, layers, n_items=60).eval()
-    model.prepare_serving()
+    if prepared:
+        model.prepare_serving()
     rng = np.random.default_rng(3)
     sessions = [rng.integers(1, 61, size=rng.integers(1, 9)).tolist() for _ in range(9)]
     start = [torch.randn(len(sessions), h) for h in layers]

@@ -257,16 +257,12 @@ class GRU4Rec(NeuralBundleMixin):
         return tuple(t._version for t in (table, first.weight_ih, first.bias_ih))
 
     def _first_gates(self, items: list[int]) -> torch.Tensor:
-        """The first layer's input gates ``(n, 3H_0)`` of ``items``: rows of the table from
-        :meth:`prepare_serving`, else one matrix-vector product per item."""
-        cached = getattr(self, "_serving_gates", None)
-        idx = torch.tensor(items, dtype=torch.long, device=self.item_weight.device)
-        if cached is not None and cached[1] == self._gate_sources():
-            return cached[0][idx]
+        """The first layer's input gates ``(n, 3H_0)`` of ``items``, one matrix-vector product
+        per item (the table of :meth:`prepare_serving` holds the same up to float32 rounding)."""
         first = self.cells[0]
         assert isinstance(first, nn.GRUCell)
         table = self.item_weight if self.input_embedding is None else self.input_embedding
-        return torch.stack([torch.addmv(first.bias_ih, first.weight_ih, table[i]) for i in idx])
+        return torch.stack([torch.addmv(first.bias_ih, first.weight_ih, table[i]) for i in items])
 
     @torch.no_grad()
     def advance(
@@ -284,10 +280,11 @@ class GRU4Rec(NeuralBundleMixin):
         less this way (a matrix-vector product reads the weights once, without packing them).
         Against :meth:`session_vectors` the states agree up to float32 rounding.
 
-        With the gate table of :meth:`prepare_serving` the loop runs as TorchScript
-        (:func:`_advance_rows`: the same operations, the same bits, tested), which holds no
-        GIL while it runs, so a service's event loop is not stalled by it; where TorchScript
-        is unavailable the loop below runs in Python.
+        The loop (:func:`_advance_rows`) runs as TorchScript, which holds no GIL while it
+        runs, so a service's event loop is not stalled by it; where TorchScript is unavailable
+        the same function runs in Python (the same operations, the same bits, tested). The
+        first layer's input gates come from the table of :meth:`prepare_serving`, or are
+        computed for the batch's items when there is no (current) table.
         """
         device = self.item_weight.device
         with torch.autocast(device_type=device.type, enabled=False):
@@ -295,35 +292,24 @@ class GRU4Rec(NeuralBundleMixin):
             state = list(hidden) if hidden is not None else self.init_hidden(b, device)
             rows = [[i for i in items if i != 0] for items in prefixes.tolist()]
             cached = getattr(self, "_serving_gates", None)
-            run = _scripted_advance()
-            if run is not None and cached is not None and cached[1] == self._gate_sources():
-                cells = [c for c in self.cells if isinstance(c, nn.GRUCell)]
-                return run(
-                    rows,
-                    state,
-                    cached[0],
-                    [c.weight_ih for c in cells],
-                    [c.bias_ih for c in cells],
-                    [c.weight_hh for c in cells],
-                    [c.bias_hh for c in cells],
-                )
-            out = [h.clone() for h in state]
-            for row, items in enumerate(rows):
-                if not items:
-                    continue
-                gates = self._first_gates(items)  # (n, 3H_0)
-                hs = [h[row] for h in state]  # (H_l,) per layer
-                for t in range(len(items)):
-                    x = gates[t]
-                    for layer, cell in enumerate(self.cells):
-                        assert isinstance(cell, nn.GRUCell)
-                        gi = x if layer == 0 else torch.addmv(cell.bias_ih, cell.weight_ih, x)
-                        gh = torch.addmv(cell.bias_hh, cell.weight_hh, hs[layer])
-                        x = _gru_update(gi, gh, hs[layer])
-                        hs[layer] = x
-                for layer, h in enumerate(hs):
-                    out[layer][row] = h
-            return out
+            if cached is not None and cached[1] == self._gate_sources():
+                table = cached[0]
+            else:  # no (current) gate table: the gates of this batch's items, rows renumbered
+                distinct = sorted({i for items in rows for i in items})
+                table = self._first_gates(distinct) if distinct else torch.empty(0, device=device)
+                position = {item: p for p, item in enumerate(distinct)}
+                rows = [[position[i] for i in items] for items in rows]
+            cells = [c for c in self.cells if isinstance(c, nn.GRUCell)]
+            run = _scripted_advance() or _advance_rows
+            return run(
+                rows,
+                state,
+                table,
+                [c.weight_ih for c in cells],
+                [c.bias_ih for c in cells],
+                [c.weight_hh for c in cells],
+                [c.bias_hh for c in cells],
+            )
 
     def output_items(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W_y (N+1, H), b_y (N+1,))``: ``score = session_vectors @ W_y.T + b_y`` (column 0
@@ -390,10 +376,11 @@ def _advance_rows(
     w_hh: list[torch.Tensor],
     b_hh: list[torch.Tensor],
 ) -> list[torch.Tensor]:
-    """:meth:`GRU4Rec.advance`'s loop with the first layer's gate table, for TorchScript:
-    the same operations in the same order (so the same bits), run by the TorchScript
-    interpreter, which releases the GIL and dispatches each operation for less than Python
-    does; the service's event loop keeps parsing requests meanwhile."""
+    """:meth:`GRU4Rec.advance`'s loop: each row's items (indices into ``gate_table``, the
+    first layer's input gates ``(n, 3H_0)``) run one at a time from the row's ``state``,
+    with matrix-vector products in ``torch.gru_cell``'s order of operations. Written for
+    TorchScript (:func:`_scripted_advance`), whose interpreter releases the GIL and
+    dispatches each operation for less than Python does; plain Python gives the same bits."""
     out = [h.clone() for h in state]
     for r in range(len(rows)):
         items = rows[r]
