@@ -222,7 +222,7 @@ def _cmd_hybrid_tune(args: argparse.Namespace) -> int:
             f"{row['temperature']:g}",
             f"{row[hr]:.4f}",
             f"{row[mrr]:.5f}",
-            f"{row.get('pass', 0):g}",
+            f"{row['pass']:g}",
         )
     Console().print(table)
     best = result.best
