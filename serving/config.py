@@ -91,6 +91,7 @@ class BatchingConfig(StrictModel):
     enabled: bool = True
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_wait_ms: float = Field(default=0.0, ge=0, le=100)
+    inline_alone: bool = True  # a lone request is scored on the event loop (no thread hop)
 
 
 class ModelConfig(StrictModel):

@@ -33,7 +33,8 @@ from typing import Any, cast
 import anyio.to_thread
 import bentoml
 import torch
-from starlette.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api import (
@@ -88,8 +89,15 @@ class ApiError(Exception):
         self.message = message
 
 
+class _Counter:
+    n = 0
+
+
+IN_FLIGHT = _Counter()  # HTTP requests this process is handling now (counted by RequestGuard)
+
+
 class RequestGuard:
-    """Refuse what BentoML would mishandle, before it parses anything.
+    """Refuse what BentoML would mishandle, before it parses anything; count requests in flight.
 
     * 415 for a POST body that is not JSON: the endpoints only take JSON, and BentoML's form
       and multipart parsers answer some malformed bodies with a 500;
@@ -102,7 +110,17 @@ class RequestGuard:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        IN_FLIGHT.n += 1
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            IN_FLIGHT.n -= 1
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         media = dict(scope.get("headers", [])).get(b"content-type", b"application/json")
@@ -147,6 +165,15 @@ def _reject(ctx: bentoml.Context, exc: ApiError) -> Any:
     """The error response; typed Any because BentoML accepts a Response in place of the model."""
     ctx.response.status_code = exc.status  # BentoML copies this onto any returned response
     return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+def _json_body(model: BaseModel) -> Response:
+    """The 200 answer: the model's JSON, the bytes BentoML's own serializer would send.
+
+    Returning a ready response skips BentoML's generic output path (streaming checks,
+    a serde round, header plumbing), which cost more main-thread time per request than the
+    JSON itself (experiments/2026-12-04-serving-s8.md)."""
+    return Response(model.model_dump_json().encode(), media_type="application/json")
 
 
 def _running_bento() -> Any:
@@ -264,7 +291,12 @@ class Storefront:
         self.api_key = os.environ.get(API_KEY_ENV) or None
         b = self.config.batching
         self.batcher: MicroBatcher[NextItemsJob, list[Recommendation]] | None = (
-            MicroBatcher(self._score_jobs, b.max_batch_size, b.max_wait_ms / 1000)
+            MicroBatcher(
+                self._score_jobs,
+                b.max_batch_size,
+                b.max_wait_ms / 1000,
+                alone=(lambda: IN_FLIGHT.n <= 1) if b.inline_alone else None,
+            )
             if b.enabled
             else None
         )
@@ -295,19 +327,22 @@ class Storefront:
 
     # --- plumbing ---
     async def _guarded(self, ctx: bentoml.Context, handler: Callable[[], Awaitable[Any]]) -> Any:
-        """Check the API key, run the handler, turn an ApiError into its 4xx response and an
-        unreachable store into a 503 (the one 5xx: it is about the server, never the request)."""
+        """Check the API key, run the handler and render its model as the JSON response; turn
+        an ApiError into its 4xx response and an unreachable store into a 503 (the one 5xx: it
+        is about the server, never the request). Typed Any: BentoML takes a Response in place
+        of the endpoint's declared model, which still documents the body in /docs.json."""
         try:
             if self.api_key is not None:
                 given = ctx.request.headers.get("x-api-key", "")
                 if not hmac.compare_digest(given.encode(), self.api_key.encode()):
                     raise ApiError(401, "missing or wrong x-api-key header")
-            return await handler()
+            result = await handler()
         except ApiError as exc:
             return _reject(ctx, exc)
         except StoreUnavailable as exc:  # our fault, not the client's: 503, retry later
             logger.error("store unavailable: %s", exc)
             return _reject(ctx, ApiError(503, "event store unavailable; retry later"))
+        return _json_body(result)
 
     def _check_k(self, k: int) -> None:
         lo, hi = self.config.limits.k_min, self.config.limits.k_max

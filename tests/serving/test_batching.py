@@ -102,3 +102,56 @@ def test_a_cancelled_waiter_does_not_break_the_batch() -> None:
         b.close()
 
     asyncio.run(main())
+
+
+def _threads_of(alone: bool, n_concurrent: int) -> tuple[list[str], list[int], int]:
+    """Where ``fn`` ran (thread names) for ``n_concurrent`` submissions made at once."""
+    ran_on: list[str] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        ran_on.append(threading.current_thread().name)
+        return [x + 1 for x in xs]
+
+    async def main() -> tuple[list[int], int]:
+        b = MicroBatcher(fn, max_batch_size=8, alone=lambda: alone)
+        out = await asyncio.gather(*(b.submit(i) for i in range(n_concurrent)))
+        b.close()
+        return list(out), b.inline
+
+    out, inline = asyncio.run(main())
+    return ran_on, out, inline
+
+
+def test_a_lone_request_runs_on_the_event_loop_when_nothing_else_is_in_flight() -> None:
+    ran_on, out, inline = _threads_of(alone=True, n_concurrent=1)
+    assert out == [1] and inline == 1
+    assert ran_on == [threading.main_thread().name]
+
+
+def test_a_lone_request_goes_to_the_model_thread_when_others_are_in_flight() -> None:
+    ran_on, out, inline = _threads_of(alone=False, n_concurrent=1)
+    assert out == [1] and inline == 0
+    assert ran_on[0].startswith("model")
+
+
+def test_requests_arriving_together_are_batched_on_the_model_thread_even_if_alone_says_so() -> None:
+    ran_on, out, inline = _threads_of(alone=True, n_concurrent=3)
+    assert out == [1, 2, 3] and inline == 0
+    assert len(ran_on) == 1 and ran_on[0].startswith("model")
+
+
+def test_an_inline_error_reaches_the_waiter_and_the_batcher_recovers() -> None:
+    def fn(xs: list[int]) -> list[int]:
+        if xs == [3]:
+            raise ValueError("boom")
+        return xs
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch_size=8, alone=lambda: True)
+        with pytest.raises(ValueError, match="boom"):
+            await b.submit(3)
+        assert await b.submit(1) == 1
+        assert b.inline == 2
+        b.close()
+
+    asyncio.run(main())

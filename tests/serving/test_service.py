@@ -262,6 +262,37 @@ def test_without_batching_the_answers_are_the_same(serve: Any) -> None:
         batched = [post(c, "/next_items", b) for b in bodies]
     with serve(SHOPREC_SERVING_SET="batching.enabled=false") as c:
         assert [post(c, "/next_items", b) for b in bodies] == batched
+    with serve(SHOPREC_SERVING_SET="batching.inline_alone=false") as c:  # always the thread
+        assert [post(c, "/next_items", b) for b in bodies] == batched
+
+
+def test_requests_in_flight_are_counted_and_back_to_zero_after_every_kind_of_answer(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from serving.service import IN_FLIGHT
+
+    from shoprec.inference import Recommender
+
+    seen: list[tuple[int, str]] = []
+    original = Recommender.next_items_batch
+
+    def spy(self: Recommender, *args: Any, **kwargs: Any) -> Any:
+        seen.append((IN_FLIGHT.n, threading.current_thread().name))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recommender, "next_items_batch", spy)
+    before = IN_FLIGHT.n
+    post(client, "/next_items", {"items": ["a"]})
+    # the only request in flight: scored on the event loop's thread, not the model thread
+    assert len(seen) == 1 and seen[0][0] == before + 1
+    assert not seen[0][1].startswith("model")
+    assert client.get("/livez").status_code == 200
+    assert client.post("/next_items", content=b"a=b", headers={"content-type": "text/plain"})
+    assert client.post("/next_items", content=b"x" * 2_000_000).status_code == 413
+    assert client.post("/next_items", json={"items": []}).status_code == 400
+    assert IN_FLIGHT.n == before
 
 
 # --- cart add-ons -------------------------------------------------------------------------------
@@ -356,6 +387,24 @@ def test_non_json_huge_and_malformed_bodies_are_4xx(client: TestClient) -> None:
     r = client.post("/next_items", content=b'["a"]', headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert client.get("/next_items").status_code == 405
+
+
+def test_answers_are_the_json_of_their_declared_models(client: TestClient) -> None:
+    from pydantic import BaseModel
+    from serving.api import RecentlyViewedResponse, RecommendationsResponse
+
+    post(client, "/events", {"events": [view("a", 0, "s-json", "u-json")]})
+    cases: list[tuple[str, dict, type[BaseModel]]] = [
+        ("/next_items", {"items": ["a", "zz"], "k": 3}, RecommendationsResponse),
+        ("/cart_addons", {"cart_items": ["a"], "k": 3}, RecommendationsResponse),
+        ("/recently_viewed", {"user_id": "u-json"}, RecentlyViewedResponse),
+    ]
+    for path, body, model in cases:
+        r = client.post(path, json=body)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        # exactly the bytes pydantic (BentoML's JSON serde) writes for the parsed model
+        assert r.content == model.model_validate_json(r.content).model_dump_json().encode()
+        assert int(r.headers["content-length"]) == len(r.content)
 
 
 def test_probes_metrics_and_openapi(client: TestClient) -> None:
