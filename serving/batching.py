@@ -7,8 +7,9 @@ request: a lone request runs at once, and the requests that arrive while a batch
 scored form the next batch ("natural" batching). Batches run on one dedicated thread, so the
 event loop keeps parsing requests while torch (which releases the GIL) computes.
 
-Handing a batch to that thread and back costs two thread wake-ups, about 1 ms over HTTP on a
-2-core VM: most of the gap between batching on and off at concurrency 1. So a batch of one,
+Handing a batch to that thread and back costs two thread wake-ups, 1-2 ms over HTTP on a
+2-core VM (experiments/2026-12-04-serving-s8.md): most of the gap between batching on and off
+at concurrency 1. So a batch of one,
 when ``alone()`` says nothing else is in flight (the service counts its open requests), runs
 on the event loop itself: there is nobody to keep serving meanwhile. Under concurrency the
 requests that arrive together still form batches on the thread.
