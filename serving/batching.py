@@ -67,7 +67,7 @@ class MicroBatcher(Generic[T, R]):
             self.batch_sizes[len(batch)] += 1
             items = [item for item, _ in batch]
             try:
-                if len(batch) == 1 and not self._queue and self.alone is not None and self.alone():
+                if len(batch) == 1 and self.alone is not None and self.alone():
                     self.inline += 1
                     results = self.fn(items)
                 else:

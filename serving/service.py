@@ -90,7 +90,8 @@ class ApiError(Exception):
 
 
 class _Counter:
-    n = 0
+    def __init__(self) -> None:
+        self.n = 0
 
 
 IN_FLIGHT = _Counter()  # HTTP requests this process is handling now (counted by RequestGuard)
