@@ -7,10 +7,13 @@ Two probes over a next-item bundle, with the request pool of ``bench_serving.py`
   sockets: wall time and the event loop thread's CPU time per request, p50, for ``/livez`` and
   ``/next_items``, each measured twice in alternation. ``--stub-model`` replaces the model
   with a fixed list, which leaves BentoML's request and response path alone.
-* ``stages``: ``Recommender.next_items`` one session at a time, timed per stage (the GRU's
-  ``SessionStates.vectors``, ``DotScorer.top_of_vectors`` and its int8 kernel, ``_reasons``).
+* ``stages``: ``Recommender.next_items_batch`` on ``--batch`` sessions at a time (1: one
+  session, what a lone request costs), timed per stage (the GRU's ``SessionStates.vectors``,
+  ``DotScorer.top_of_vectors`` and its int8 kernel, ``_reasons``), with the GRU stepped as
+  matrix products for batches of ``--matrix-gru-from`` sessions or more (0: never).
 
-    .venv/bin/python experiments/profile_serving_path.py stages --bundle runs/NAME/bundle
+    .venv/bin/python experiments/profile_serving_path.py stages --bundle runs/NAME/bundle \
+        [--batch 8 --matrix-gru-from 4]
     SHOPREC_SERVING_SET="model.state_cache=0 batching.enabled=false" \\
         .venv/bin/python experiments/profile_serving_path.py asgi --bundle B [--stub-model]
 """
@@ -42,14 +45,14 @@ def _sessions(bundle: Path) -> list[list[str]]:
     return [json.loads(raw.split(b"\r\n\r\n", 1)[1])["items"] for _, raw in pool]
 
 
-def stages(bundle: Path, n: int) -> None:
+def stages(bundle: Path, n: int, batch: int = 1, matrix_gru_from: int = 0) -> None:
     import torch
 
     from shoprec.export import load_bundle
     from shoprec.inference import Recommender
 
     torch.set_num_threads(1)
-    rec = Recommender(load_bundle(bundle), state_cache=0)
+    rec = Recommender(load_bundle(bundle), state_cache=0, matrix_gru_from=matrix_gru_from)
     assert rec.states is not None and rec.dot is not None
     times: dict[str, list[float]] = collections.defaultdict(list)
 
@@ -70,16 +73,17 @@ def stages(bundle: Path, n: int) -> None:
     timed(rec.dot.coarse, "_kernel", "    int8 kernel")
     timed(rec, "_reasons", "_reasons")
     sessions = _sessions(bundle)
-    for s in sessions[:50]:  # warm-up
-        rec.next_items(s, 10, set(s))
+    batches = [[sessions[(i * batch + j) % len(sessions)] for j in range(batch)] for i in range(n)]
+    for part in batches[:50]:  # warm-up
+        rec.next_items_batch(part, 10, [set(s) for s in part])
     times.clear()
     total = []
-    for i in range(n):
-        s = sessions[i % len(sessions)]
+    for part in batches:
         t = time.perf_counter()
-        rec.next_items(s, 10, set(s))
+        rec.next_items_batch(part, 10, [set(s) for s in part])
         total.append(time.perf_counter() - t)
-    print(f"{'Recommender.next_items, whole':40s} p50 {np.median(total) * 1e3:.3f} ms")
+    print(f"batch {batch}, matrix_gru_from {matrix_gru_from}: p50 per batch")
+    print(f"{'Recommender.next_items_batch, whole':40s} p50 {np.median(total) * 1e3:.3f} ms")
     for label, v in times.items():
         print(f"{label:40s} p50 {np.median(v) * 1e3:.3f} ms")
 
@@ -183,10 +187,14 @@ def cli() -> None:
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--n", type=int, default=None, help="requests per measurement")
     ap.add_argument("--stub-model", action="store_true", help="asgi: a fixed list, no model")
+    ap.add_argument("--batch", type=int, default=1, help="stages: sessions per call")
+    ap.add_argument(
+        "--matrix-gru-from", type=int, default=0, help="stages: Recommender(matrix_gru_from=)"
+    )
     args = ap.parse_args()
     bundle = args.bundle.resolve()
     if args.probe == "stages":
-        stages(bundle, args.n or 1000)
+        stages(bundle, args.n or 1000, args.batch, args.matrix_gru_from)
     else:
         asgi(bundle, args.n or 300, args.stub_model)
 

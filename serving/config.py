@@ -92,6 +92,8 @@ class BatchingConfig(StrictModel):
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_wait_ms: float = Field(default=0.0, ge=0, le=100)
     inline_alone: bool = True  # a lone request is scored on the event loop (no thread hop)
+    # wait at most this long for as many requests as the largest of the last 8 batches
+    gather_ms: float = Field(default=2.0, ge=0, le=100)
 
 
 class ModelConfig(StrictModel):
@@ -99,6 +101,9 @@ class ModelConfig(StrictModel):
 
     coarse: Literal["auto", "int8", "bf16"] = "auto"  # the DotScorer's coarse pass
     state_cache: int = Field(default=10_000, ge=0)  # GRU session states kept (LRU); 0 = off
+    # batches with at least this many sessions to run step the GRU as matrix products
+    # (faster; equal to a lone run up to float32 rounding); 0 = every session on its own
+    matrix_gru_from: int = Field(default=4, ge=0)
 
 
 class ServingConfig(StrictModel):

@@ -284,6 +284,7 @@ class Storefront:
             max_session_len=limits.model_session_len,
             coarse=self.config.model.coarse,
             state_cache=self.config.model.state_cache,
+            matrix_gru_from=self.config.model.matrix_gru_from,
         )
         self.store: EventStore = open_store(_store_url(self.config), self.config.store.options())
         self.churn: ChurnScorer | None = None
@@ -297,6 +298,7 @@ class Storefront:
                 b.max_batch_size,
                 b.max_wait_ms / 1000,
                 alone=(lambda: IN_FLIGHT.n <= 1) if b.inline_alone else None,
+                gather_s=b.gather_ms / 1000,
             )
             if b.enabled
             else None

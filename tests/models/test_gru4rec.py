@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -219,29 +220,83 @@ def test_advance_resumes_bit_for_bit_and_matches_the_model(
     assert torch.equal(padded[-1][1], torch.zeros_like(padded[-1][1]))
 
 
+@pytest.mark.parametrize("matrix_from", [0, 2])
 @pytest.mark.parametrize("prepared", [False, True])
 @pytest.mark.parametrize(("embedding", "layers"), [(0, [16]), (8, [16, 24])])
 def test_the_scripted_serving_loop_gives_the_python_loops_bits(
-    embedding: int, layers: list[int], prepared: bool, monkeypatch: pytest.MonkeyPatch
+    embedding: int,
+    layers: list[int],
+    prepared: bool,
+    matrix_from: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``advance`` runs its loop as TorchScript (no GIL held); it must give exactly what the
-    same loop gives in Python, from any state, with or without the gate table."""
+    """``advance`` runs its loop (per session, or per step as matrix products) as TorchScript
+    (no GIL held); it must give exactly what the same loop gives in Python, from any state,
+    with or without the gate table."""
     from shoprec.models import gru4rec
 
     assert gru4rec._scripted_advance() is not None  # TorchScript works in this torch
+    assert gru4rec._scripted(gru4rec._advance_matrix) is not gru4rec._advance_matrix
     model = _model(embedding, layers, n_items=60).eval()
     if prepared:
         model.prepare_serving()
     rng = np.random.default_rng(3)
     sessions = [rng.integers(1, 61, size=rng.integers(1, 9)).tolist() for _ in range(9)]
     start = [torch.randn(len(sessions), h) for h in layers]
-    fast = model.advance(left_pad(sessions), start)
-    fresh = model.advance(left_pad(sessions))
-    monkeypatch.setattr(gru4rec, "_SCRIPTED", [None])  # as where TorchScript is gone
+    fast = model.advance(left_pad(sessions), start, matrix_from=matrix_from)
+    fresh = model.advance(left_pad(sessions), matrix_from=matrix_from)
+    # as where TorchScript is gone
+    monkeypatch.setattr(gru4rec, "_SCRIPTED", {"_advance_rows": None, "_advance_matrix": None})
     assert gru4rec._scripted_advance() is None
-    for got, want in zip(fast, model.advance(left_pad(sessions), start), strict=True):
+    assert gru4rec._scripted(gru4rec._advance_matrix) is gru4rec._advance_matrix
+    again = model.advance(left_pad(sessions), start, matrix_from=matrix_from)
+    for got, want in zip(fast, again, strict=True):
         assert torch.equal(got, want)
-    for got, want in zip(fresh, model.advance(left_pad(sessions)), strict=True):
+    for got, want in zip(
+        fresh, model.advance(left_pad(sessions), matrix_from=matrix_from), strict=True
+    ):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+@pytest.mark.parametrize(("embedding", "layers"), [(0, [16]), (8, [16, 24]), (0, [40])])
+def test_the_matrix_gru_gives_the_per_session_states_up_to_rounding(
+    embedding: int, layers: list[int], prepared: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``matrix_from``: a batch with that many sessions to run (rows with items) runs each
+    step as one matrix product; the states are the per-session ones up to float32 rounding,
+    whatever the rows' lengths (a row with no items keeps its state), resumed from any state;
+    fewer sessions to run go per session."""
+    from shoprec.models import gru4rec
+
+    ran: list[str] = []
+    scripted = gru4rec._scripted
+
+    def spy(fn: Callable[..., list[torch.Tensor]]) -> Callable[..., list[torch.Tensor]]:
+        ran.append(fn.__name__)
+        return scripted(fn)
+
+    monkeypatch.setattr(gru4rec, "_scripted", spy)
+    model = _model(embedding, layers, n_items=60).eval()
+    if prepared:
+        model.prepare_serving()
+    rng = np.random.default_rng(5)
+    sessions = [rng.integers(1, 61, size=rng.integers(1, 12)).tolist() for _ in range(8)]
+    sessions[3] = []  # nothing to run: the state stays as given
+    start = [torch.randn(len(sessions), h) for h in layers]
+    prefixes = left_pad(sessions, 12)
+    rows = model.advance(prefixes, start)
+    assert "_advance_matrix" not in ran
+    matrix = model.advance(prefixes, start, matrix_from=7)  # the 7 sessions with items
+    assert ran[-1] == "_advance_matrix"
+    for got, want, given in zip(matrix, rows, start, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(got[0], given[0])
+        assert torch.equal(got[3], given[3])
+    ran.clear()
+    below = model.advance(prefixes, start, matrix_from=8)  # 7 sessions to run < 8
+    assert "_advance_matrix" not in ran
+    for got, want in zip(below, rows, strict=True):
         assert torch.equal(got, want)
 
 

@@ -155,3 +155,60 @@ def test_an_inline_error_reaches_the_waiter_and_the_batcher_recovers() -> None:
         b.close()
 
     asyncio.run(main())
+
+
+def test_gathering_waits_for_as_many_requests_as_the_recent_batches() -> None:
+    """``gather_s``: after a batch of 4, a request that comes alone waits (at most
+    ``gather_s``) for the other 3, which arrive a little later: one batch of 4, not 1 + 3. A
+    batcher that has only seen lone requests never waits."""
+    seen: list[int] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        seen.append(len(xs))
+        return [x * 10 for x in xs]
+
+    async def main() -> MicroBatcher[int, int]:
+        b = MicroBatcher(fn, max_batch_size=8, gather_s=5.0)
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        assert await b.submit(1) == 10  # recent batches: all of one -> no wait
+        assert b.gathered == 0 and loop.time() - t < 1.0
+        first = await asyncio.gather(*(b.submit(i) for i in range(4)))  # queued together
+        assert first == [0, 10, 20, 30]
+        early = asyncio.create_task(b.submit(4))
+        await asyncio.sleep(0.02)  # the drainer is waiting for 3 more
+        assert not early.done()
+        late = [asyncio.create_task(b.submit(i)) for i in (5, 6, 7)]
+        t = loop.time()
+        assert await asyncio.gather(early, *late) == [40, 50, 60, 70]
+        assert loop.time() - t < 1.0  # ran as soon as the fourth arrived, not after 5 s
+        b.close()
+        return b
+
+    b = asyncio.run(main())
+    assert seen == [1, 4, 4]
+    assert b.gathered == 1 and b.gather_timeouts == 0
+
+
+def test_gathering_gives_up_after_gather_s() -> None:
+    """Fewer requests than the recent batches: the batch runs short after ``gather_s``."""
+    seen: list[int] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        seen.append(len(xs))
+        return xs
+
+    async def main() -> tuple[MicroBatcher[int, int], float]:
+        b = MicroBatcher(fn, max_batch_size=8, gather_s=0.05)
+        await asyncio.gather(*(b.submit(i) for i in range(3)))
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        assert await b.submit(9) == 9
+        waited = loop.time() - t
+        b.close()
+        return b, waited
+
+    b, waited = asyncio.run(main())
+    assert seen == [3, 1]
+    assert b.gathered == 1 and b.gather_timeouts == 1
+    assert 0.04 <= waited < 1.0
