@@ -20,7 +20,9 @@ natural batches, which split the 8 waiting clients into alternating pairs such a
 3 + 5, cost more per request than one batch of 8. So before forming a batch the drainer waits,
 at most ``gather_s``, for the queue to hold as many requests as the largest of the last 8
 batches: under steady concurrency that is every client, and at concurrency 1 (last batches
-of one) it never waits.
+of one) it never waits. When the wait runs out with fewer requests, the history is reset to
+the batch that did form, so a passing burst costs at most one wasted wait; between bursts of
+open-loop traffic a lone request can still wait up to ``gather_s`` (0 turns this off).
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ class MicroBatcher(Generic[T, R]):
             if self.max_wait_s > 0 and len(self._queue) < self.max_batch_size:
                 await asyncio.sleep(self.max_wait_s)
             want = min(self.max_batch_size, max(self._recent))
-            if self.gather_s > 0 and len(self._queue) < want:
-                await self._gather(want)
+            if self.gather_s > 0 and len(self._queue) < want and not await self._gather(want):
+                self._recent.clear()  # fewer came than expected: expect what did come
             batch = self._queue[: self.max_batch_size]
             del self._queue[: len(batch)]
             self._recent.append(len(batch))
@@ -104,15 +106,17 @@ class MicroBatcher(Generic[T, R]):
                 if not fut.done():  # a waiter whose client went away was cancelled
                     fut.set_result(result)
 
-    async def _gather(self, want: int) -> None:
-        """Wait until ``want`` requests are queued, or ``gather_s`` has passed."""
+    async def _gather(self, want: int) -> bool:
+        """Wait until ``want`` requests are queued (True), or ``gather_s`` has passed."""
         arrived = asyncio.Event()
         self._gathering = (want, arrived)
         self.gathered += 1
         try:
             await asyncio.wait_for(arrived.wait(), self.gather_s)
+            return True
         except TimeoutError:
             self.gather_timeouts += 1
+            return False
         finally:
             self._gathering = None
 

@@ -191,7 +191,8 @@ def test_gathering_waits_for_as_many_requests_as_the_recent_batches() -> None:
 
 
 def test_gathering_gives_up_after_gather_s() -> None:
-    """Fewer requests than the recent batches: the batch runs short after ``gather_s``."""
+    """Fewer requests than the recent batches: the batch runs short after ``gather_s``, and
+    the next one expects only as many as came."""
     seen: list[int] = []
 
     def fn(xs: list[int]) -> list[int]:
@@ -205,10 +206,11 @@ def test_gathering_gives_up_after_gather_s() -> None:
         t = loop.time()
         assert await b.submit(9) == 9
         waited = loop.time() - t
+        assert await b.submit(8) == 8  # expects what came last time (1): no wait
         b.close()
         return b, waited
 
     b, waited = asyncio.run(main())
-    assert seen == [3, 1]
+    assert seen == [3, 1, 1]
     assert b.gathered == 1 and b.gather_timeouts == 1
     assert 0.04 <= waited < 1.0
