@@ -266,6 +266,68 @@ async def load(
     return out
 
 
+async def open_loop(
+    port: int,
+    requests: list[tuple[str, bytes]],
+    rate: float,
+    duration: float,
+    seed: int = 0,
+    connections: int = 64,
+) -> dict[str, Any]:
+    """Open loop: requests arrive as a Poisson process of ``rate`` per second, whatever the
+    answers, each sent on a free one of ``connections`` keep-alive connections. A latency
+    counts from the request's scheduled arrival, so time spent waiting for a free connection
+    counts too (no coordinated omission). The real arrival rate is reported; the client's
+    timers tick at about 1 ms, so arrivals closer than that come together."""
+    rng = random.Random(seed)
+    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        free.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    latencies: dict[str, list[int]] = {kind: [] for kind, _ in requests}
+    errors: dict[str, int] = {}
+
+    async def one(kind: str, request: bytes, scheduled: float) -> None:
+        reader, writer = await free.get()
+        try:
+            writer.write(request)
+            status, _ = await read_response(reader)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            latencies[kind].append(int((time.perf_counter() - scheduled) * 1e9))
+            if status != 200:
+                errors[f"{kind}:{status}"] = errors.get(f"{kind}:{status}", 0) + 1
+        free.put_nowait((reader, writer))
+
+    tasks = []
+    started = time.perf_counter()
+    arrival = started
+    i = 0
+    while True:
+        arrival += rng.expovariate(rate)
+        if arrival - started > duration:
+            break
+        delay = arrival - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        kind, request = requests[i % len(requests)]
+        i += 1
+        tasks.append(asyncio.create_task(one(kind, request, arrival)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    while not free.empty():
+        free.get_nowait()[1].close()
+    out: dict[str, Any] = {"errors": errors, "duration_s": round(elapsed, 2)}
+    kinds = [k for k in latencies if latencies[k]]
+    if len(kinds) == 1:
+        out.update(summary(latencies[kinds[0]], elapsed))
+    else:
+        out.update({kind: summary(latencies[kind], elapsed) for kind in kinds})
+    out["offered_rps"] = rate
+    return out
+
+
 # --- workload ------------------------------------------------------------------------------------
 def workload(ids: list[str], seed: int, n_users: int) -> dict[str, Any]:
     """Events for ``n_users`` shoppers and request pools for each endpoint: items drawn
@@ -448,6 +510,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=60.0, help="seconds per scenario")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[],
+        help="open loop instead: Poisson arrivals at these requests/s (--concurrency ignored)",
+    )
     ap.add_argument("--endpoints", nargs="+", default=["livez", "next_items", "recently_viewed"])
     ap.add_argument("--batching", nargs="+", choices=["on", "off"], default=["on"])
     ap.add_argument(
@@ -540,7 +609,22 @@ def main(argv: list[str] | None = None) -> None:
                         warm = (
                             [x for req in other for x in (floor_req, req)] if args.paired else other
                         )
-                    for conc in args.concurrency:
+                    for rate in args.rates:
+                        if args.warmup:
+                            asyncio.run(open_loop(port, warm, rate, args.warmup, args.seed + 1))
+                        load_before = os.getloadavg()[0]
+                        stats = asyncio.run(open_loop(port, pool, rate, args.duration, args.seed))
+                        stats.update(
+                            endpoint=endpoint,
+                            arrivals="poisson",
+                            batching=mode,
+                            server_set=variant,
+                            loadavg_1m_before=round(load_before, 2),
+                            loadavg_1m_after=round(os.getloadavg()[0], 2),
+                        )
+                        runs.append(stats)
+                        print(json.dumps(stats), flush=True)
+                    for conc in [] if args.rates else args.concurrency:
                         if args.warmup:
                             asyncio.run(load(port, warm, conc, args.warmup))
                         load_before = os.getloadavg()[0]

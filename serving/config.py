@@ -93,7 +93,8 @@ class BatchingConfig(StrictModel):
     max_wait_ms: float = Field(default=0.0, ge=0, le=100)
     inline_alone: bool = True  # a lone request is scored on the event loop (no thread hop)
     # wait at most this long for as many requests as the largest of the last 8 batches
-    gather_ms: float = Field(default=2.0, ge=0, le=100)
+    # (0 = never: it helps closed-loop clients, hurts Poisson arrivals; experiments/ s9)
+    gather_ms: float = Field(default=0.0, ge=0, le=100)
 
 
 class ModelConfig(StrictModel):
