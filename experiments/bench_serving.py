@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -328,6 +329,16 @@ async def open_loop(
     return out
 
 
+def scenario(
+    kind: str, level: float, port: int, pool: list[tuple[str, bytes]], duration: float, seed: int
+) -> Coroutine[Any, Any, dict[str, Any]]:
+    """``kind`` "poisson": :func:`open_loop` at ``level`` requests/s; "closed": :func:`load`
+    with ``level`` connections."""
+    if kind == "poisson":
+        return open_loop(port, pool, level, duration, seed)
+    return load(port, pool, int(level), duration)
+
+
 # --- workload ------------------------------------------------------------------------------------
 def workload(ids: list[str], seed: int, n_users: int) -> dict[str, Any]:
     """Events for ``n_users`` shoppers and request pools for each endpoint: items drawn
@@ -609,29 +620,27 @@ def main(argv: list[str] | None = None) -> None:
                         warm = (
                             [x for req in other for x in (floor_req, req)] if args.paired else other
                         )
-                    for rate in args.rates:
-                        if args.warmup:
-                            asyncio.run(open_loop(port, warm, rate, args.warmup, args.seed + 1))
-                        load_before = os.getloadavg()[0]
-                        stats = asyncio.run(open_loop(port, pool, rate, args.duration, args.seed))
-                        stats.update(
-                            endpoint=endpoint,
-                            arrivals="poisson",
-                            batching=mode,
-                            server_set=variant,
-                            loadavg_1m_before=round(load_before, 2),
-                            loadavg_1m_after=round(os.getloadavg()[0], 2),
+                    # open loop (--rates) or closed loop (--concurrency): one scenario each
+                    levels = [("poisson", r) for r in args.rates] or [
+                        ("closed", float(c)) for c in args.concurrency
+                    ]
+                    for kind, level in levels:
+                        labels = (
+                            {"arrivals": "poisson"}
+                            if kind == "poisson"
+                            else {"concurrency": int(level)}
                         )
-                        runs.append(stats)
-                        print(json.dumps(stats), flush=True)
-                    for conc in [] if args.rates else args.concurrency:
                         if args.warmup:
-                            asyncio.run(load(port, warm, conc, args.warmup))
+                            asyncio.run(
+                                scenario(kind, level, port, warm, args.warmup, args.seed + 1)
+                            )
                         load_before = os.getloadavg()[0]
-                        stats = asyncio.run(load(port, pool, conc, args.duration))
+                        stats = asyncio.run(
+                            scenario(kind, level, port, pool, args.duration, args.seed)
+                        )
                         stats.update(
                             endpoint=endpoint,
-                            concurrency=conc,
+                            **labels,
                             batching=mode,
                             server_set=variant,
                             loadavg_1m_before=round(load_before, 2),
