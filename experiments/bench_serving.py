@@ -221,6 +221,20 @@ def summary(latencies_ns: list[int], elapsed: float) -> dict[str, Any]:
     }
 
 
+def outcome(
+    latencies: dict[str, list[int]], errors: dict[str, int], elapsed: float
+) -> dict[str, Any]:
+    """A scenario's errors and duration, and its latency summary (one per request kind when
+    the pool mixes kinds)."""
+    out: dict[str, Any] = {"errors": errors, "duration_s": round(elapsed, 2)}
+    kinds = [k for k in latencies if latencies[k]]
+    if len(kinds) == 1:
+        out.update(summary(latencies[kinds[0]], elapsed))
+    else:
+        out.update({kind: summary(latencies[kind], elapsed) for kind in kinds})
+    return out
+
+
 async def load(
     port: int, requests: list[tuple[str, bytes]], concurrency: int, duration: float
 ) -> dict[str, Any]:
@@ -258,12 +272,7 @@ async def load(
     started = time.perf_counter()
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - started
-    out: dict[str, Any] = {"errors": errors, "duration_s": round(elapsed, 2)}
-    kinds = [k for k in latencies if latencies[k]]
-    if len(kinds) == 1:
-        out.update(summary(latencies[kinds[0]], elapsed))
-    else:
-        out.update({kind: summary(latencies[kind], elapsed) for kind in kinds})
+    out = outcome(latencies, errors, elapsed)
     return out
 
 
@@ -319,12 +328,7 @@ async def open_loop(
     elapsed = time.perf_counter() - started
     while not free.empty():
         free.get_nowait()[1].close()
-    out: dict[str, Any] = {"errors": errors, "duration_s": round(elapsed, 2)}
-    kinds = [k for k in latencies if latencies[k]]
-    if len(kinds) == 1:
-        out.update(summary(latencies[kinds[0]], elapsed))
-    else:
-        out.update({kind: summary(latencies[kind], elapsed) for kind in kinds})
+    out = outcome(latencies, errors, elapsed)
     out["offered_rps"] = rate
     return out
 
