@@ -272,8 +272,7 @@ async def load(
     started = time.perf_counter()
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - started
-    out = outcome(latencies, errors, elapsed)
-    return out
+    return outcome(latencies, errors, elapsed)
 
 
 async def open_loop(

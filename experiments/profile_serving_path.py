@@ -12,7 +12,7 @@ Two probes over a next-item bundle, with the request pool of ``bench_serving.py`
   ``DotScorer.top_of_vectors`` and its int8 kernel, ``_reasons``), with the GRU stepped as
   matrix products for batches of ``--matrix-gru-from`` sessions or more (0: never).
 
-    .venv/bin/python experiments/profile_serving_path.py stages --bundle runs/NAME/bundle \
+    .venv/bin/python experiments/profile_serving_path.py stages --bundle runs/NAME/bundle \\
         [--batch 8 --matrix-gru-from 4]
     SHOPREC_SERVING_SET="model.state_cache=0 batching.enabled=false" \\
         .venv/bin/python experiments/profile_serving_path.py asgi --bundle B [--stub-model]
@@ -41,8 +41,7 @@ import bench_serving as bs  # noqa: E402
 
 
 def _sessions(bundle: Path) -> list[list[str]]:
-    pool = bs.workload(bs.catalogue(bundle), 0, 2000)["next_items"]
-    return [json.loads(raw.split(b"\r\n\r\n", 1)[1])["items"] for _, raw in pool]
+    return bs.pool_sessions(bs.workload(bs.catalogue(bundle), 0, 2000)["next_items"])
 
 
 def stages(bundle: Path, n: int, batch: int = 1, matrix_gru_from: int = 0) -> None:

@@ -310,10 +310,8 @@ class GRU4Rec(NeuralBundleMixin):
                 position = {item: p for p, item in enumerate(distinct)}
                 rows = [[position[i] for i in items] for items in rows]
             cells = [c for c in self.cells if isinstance(c, nn.GRUCell)]
-            if 0 < matrix_from <= sum(1 for items in rows if items):
-                run = _scripted(_advance_matrix)
-            else:
-                run = _scripted_advance() or _advance_rows
+            matrix = 0 < matrix_from <= sum(1 for items in rows if items)
+            run = _scripted(_advance_matrix if matrix else _advance_rows)
             return run(
                 rows,
                 state,
@@ -446,10 +444,7 @@ def _advance_matrix(
             h = hs[layer][:k]  # (k, H)
             gi = x if layer == 0 else torch.addmm(b_ih[layer], x, w_ih[layer].t())
             gh = torch.addmm(b_hh[layer], h, w_hh[layer].t())  # (k, 3H)
-            size = h.shape[1]
-            rz = gh[:, : 2 * size].add_(gi[:, : 2 * size]).sigmoid_()
-            n = gh[:, 2 * size :].mul_(rz[:, :size]).add_(gi[:, 2 * size :]).tanh_()
-            x = (h - n).mul_(rz[:, size:]).add_(n)
+            x = _gru_update(gi, gh, h)
             hs[layer][:k] = x
     out = [h.clone() for h in state]
     for layer in range(len(hs)):
@@ -482,10 +477,11 @@ def _scripted_advance() -> Callable[..., list[torch.Tensor]] | None:
 
 
 def _gru_update(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """One GRU update of one session from its input gates ``gi (3H,)`` and hidden gates ``gh
-    (3H,)`` (overwritten), in ``torch.gru_cell``'s order of operations: reset and update gates,
-    new gate ``tanh(gi_n + r * gh_n)``, then ``(h - n) * z + n``."""
-    hs = h.shape[0]
-    rz = gh[: 2 * hs].add_(gi[: 2 * hs]).sigmoid_()  # (2H,): reset, update
-    n = gh[2 * hs :].mul_(rz[:hs]).add_(gi[2 * hs :]).tanh_()  # (H,)
-    return (h - n).mul_(rz[hs:]).add_(n)
+    """One GRU update from the input gates ``gi (..., 3H)`` and hidden gates ``gh (..., 3H)``
+    (overwritten) of the state ``h (..., H)`` (one session, or a batch of them), in
+    ``torch.gru_cell``'s order of operations: reset and update gates, new gate
+    ``tanh(gi_n + r * gh_n)``, then ``(h - n) * z + n``."""
+    hs = h.shape[-1]
+    rz = gh[..., : 2 * hs].add_(gi[..., : 2 * hs]).sigmoid_()  # (..., 2H): reset, update
+    n = gh[..., 2 * hs :].mul_(rz[..., :hs]).add_(gi[..., 2 * hs :]).tanh_()  # (..., H)
+    return (h - n).mul_(rz[..., hs:]).add_(n)
