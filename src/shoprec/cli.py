@@ -206,6 +206,8 @@ def _cmd_hybrid_tune(args: argparse.Namespace) -> int:
         split=args.split,
         weights=tuple(args.weights),
         temperatures=tuple(args.temperatures),
+        reminders=tuple(args.reminders),
+        reminder_decay=args.reminder_decay,
         batch_size=args.batch_size,
         refine=args.refine,
     )
@@ -214,19 +216,23 @@ def _cmd_hybrid_tune(args: argparse.Namespace) -> int:
 
     hr, mrr = f"{result.split}/hr@{result.cutoff}", f"{result.split}/mrr@{result.cutoff}"
     table = Table(title=f"hybrid grid on {result.n_cases:,} {result.split} cases (best first)")
-    for col in ("weight", "temperature", hr, mrr, "pass"):
+    for col in ("weight", "temperature", "reminder", hr, mrr, "pass"):
         table.add_column(col, justify="right")
     for row in result.rows:
         table.add_row(
             f"{row['weight']:g}",
             f"{row['temperature']:g}",
+            f"{row['reminder']:g}",
             f"{row[hr]:.4f}",
             f"{row[mrr]:.5f}",
             f"{row['pass']:g}",
         )
     Console().print(table)
     best = result.best
-    print(f"best: --weight {best.weight:g} --temperature {best.temperature:g}")
+    print(
+        f"best: --weight {best.weight:g} --temperature {best.temperature:g} "
+        f"--reminder {best.reminder:g} --reminder-decay {best.reminder_decay}"
+    )
     if args.output:
         payload = {
             "best": best.model_dump(),
@@ -244,6 +250,7 @@ def _cmd_hybrid_tune(args: argparse.Namespace) -> int:
 def _cmd_hybrid_build(args: argparse.Namespace) -> int:
     import json
 
+    from shoprec.config import validate_config
     from shoprec.data.dataset import PreparedDataset
     from shoprec.models.hybrid import HybridConfig
     from shoprec.training.hybrid import build_hybrid
@@ -252,14 +259,13 @@ def _cmd_hybrid_build(args: argparse.Namespace) -> int:
     if args.tuned:
         tuned = json.loads(Path(args.tuned).read_text(encoding="utf-8"))
         best = tuned.get("best") or {}
-        weight = args.weight if args.weight is not None else best.get("weight")
-        temperature = args.temperature if args.temperature is not None else best.get("temperature")
         tuned = {k: tuned.get(k) for k in ("best", "data", "split", "n_cases", "members")}
     else:
-        weight, temperature = args.weight, args.temperature
-    if weight is None or temperature is None:
+        best = {}
+    knobs = {**best, **{k: v for k, v in _hybrid_knobs(args).items() if v is not None}}
+    if knobs.get("weight") is None or knobs.get("temperature") is None:
         raise ShoprecError("give --weight and --temperature, or --tuned FILE from `hybrid tune`")
-    config = HybridConfig(weight=weight, temperature=temperature)
+    config = validate_config(HybridConfig, knobs, source=args.tuned or "hybrid build options")
     members = tuned.get("members") or {}
     settings = _knn_settings(args.knn_set)
     if not args.knn_set and members.get("knn") == args.knn:  # the tuned kNN's own settings
@@ -273,8 +279,21 @@ def _cmd_hybrid_build(args: argparse.Namespace) -> int:
         knn_settings=settings,
         tuned=tuned,
     )
-    print(f"hybrid bundle (weight {config.weight:g}, temperature {config.temperature:g}): {out}")
+    print(
+        f"hybrid bundle (weight {config.weight:g}, temperature {config.temperature:g}, "
+        f"reminder {config.reminder:g} {config.reminder_decay}): {out}"
+    )
     return 0
+
+
+def _hybrid_knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """``hybrid build``'s knob options (None where not given)."""
+    return {
+        "weight": args.weight,
+        "temperature": args.temperature,
+        "reminder": args.reminder,
+        "reminder_decay": args.reminder_decay,
+    }
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -438,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
     )
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
+    p.add_argument(
+        "--reminders",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="reminder shares r to try at every (weight, temperature): the probability given "
+        "to the session's own items, weighted by recency (0 = none; e.g. 0 0.05 0.1 0.2)",
+    )
+    p.add_argument("--reminder-decay", choices=["div", "last"], default="div")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--refine",
@@ -453,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", default=None, help="JSON from `hybrid tune --output` (best point)")
     p.add_argument("--weight", type=float, default=None, help="neural share w (overrides --tuned)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature tau")
+    p.add_argument("--reminder", type=float, default=None, help="reminder share r (0 = none)")
+    p.add_argument("--reminder-decay", choices=["div", "last"], default=None)
     p.add_argument("--output", required=True, help="bundle folder to write")
     p.set_defaults(func=_cmd_hybrid_build)
 

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from pydantic import ValidationError
 
 from shoprec import schema
 from shoprec.config import ConfigError
@@ -26,6 +27,7 @@ from shoprec.models.hybrid import (
     mix_log_probs,
     mix_parts,
     neural_log_probs,
+    reminder_votes,
 )
 from shoprec.models.sasrec import SASRec, SASRecConfig
 from shoprec.models.sknn import VSKNN
@@ -161,7 +163,7 @@ def test_padding_does_not_change_scores() -> None:
 
 
 def test_bundle_round_trip_gives_identical_scores(tmp_path: Path) -> None:
-    model = Hybrid(*_members(), HybridConfig(weight=0.6, temperature=0.5))
+    model = Hybrid(*_members(), HybridConfig(weight=0.6, temperature=0.5, reminder=0.1))
     items = pl.DataFrame(
         {
             schema.ITEM_IDX: list(range(1, N_ITEMS + 1)),
@@ -173,8 +175,61 @@ def test_bundle_round_trip_gives_identical_scores(tmp_path: Path) -> None:
     loaded = load_bundle(path)
     assert isinstance(loaded.model, Hybrid)
     assert loaded.meta["model_config"]["neural"]["name"] == "gru4rec"
+    assert loaded.model.config == model.config
     prefixes = left_pad([[1, 2, 3], [7], [9, 9, 10, 11]])
     assert torch.equal(model.score(prefixes), loaded.model.score(prefixes))
+
+
+def _dense_reminder(prefix: list[int], decay: str, width: int) -> torch.Tensor:
+    """The reminder distribution of one session, by hand: click ``step`` back weighs
+    ``1 / step`` (``div``) or only the last click counts (``last``)."""
+    rem = torch.zeros(width, dtype=torch.float64)
+    for step, item in enumerate(reversed(prefix), start=1):
+        rem[item] += 1.0 / step if decay == "div" else float(step == 1)
+    return rem / rem.sum()
+
+
+@pytest.mark.parametrize("decay", ["div", "last"])
+def test_reminder_votes_equal_hand_computed_shares_wherever_the_padding_is(decay: str) -> None:
+    sessions = [[4, 2, 4, 9], [7], [3, 3, 3], [1, 2, 3, 4, 5, 2]]
+    left = left_pad(sessions)
+    right = torch.zeros((len(sessions), 9), dtype=torch.long)  # padding after the clicks
+    for i, s in enumerate(sessions):
+        right[i, : len(s)] = torch.tensor(s)
+    for prefixes in (left, right):
+        votes = reminder_votes(prefixes, decay)  # type: ignore[arg-type]
+        got = torch.zeros((len(sessions), N_ITEMS + 1), dtype=torch.float64)
+        got[votes.rows, votes.cols] = votes.log_share.double().exp()
+        for i, s in enumerate(sessions):
+            torch.testing.assert_close(got[i], _dense_reminder(s, decay, N_ITEMS + 1))
+        assert bool(votes.has.all())
+    empty = reminder_votes(torch.zeros((2, 3), dtype=torch.long))
+    assert empty.rows.numel() == 0 and not bool(empty.has.any())
+
+
+@pytest.mark.parametrize("decay", ["div", "last"])
+def test_a_reminder_share_mixes_the_sessions_own_items_into_the_hybrid(decay: str) -> None:
+    """``log((1 - r) p + r rem)`` with ``p`` the hybrid without reminder: checked against the
+    dense formula; r = 0 gives the hybrid's own scores bit for bit."""
+    gru, knn = _members()
+    sessions = [[1, 2, 3, 2], [4], [5, 6, 5]]
+    prefixes = left_pad(sessions)
+    base = Hybrid(gru, knn, HybridConfig(weight=0.6, temperature=0.5))
+    r = 0.2
+    model = Hybrid(
+        gru,
+        knn,
+        HybridConfig(weight=0.6, temperature=0.5, reminder=r, reminder_decay=decay),  # type: ignore[arg-type]
+    )
+    p = base.score(prefixes).double().exp()
+    got = model.score(prefixes).double().exp()
+    for i, s in enumerate(sessions):
+        want = (1 - r) * p[i] + r * _dense_reminder(s, decay, N_ITEMS + 1)
+        torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-9)
+    off = Hybrid(gru, knn, HybridConfig(weight=0.6, temperature=0.5, reminder=0.0))
+    assert torch.equal(off.score(prefixes), base.score(prefixes))
+    with pytest.raises(ValidationError):
+        HybridConfig(reminder=1.0)
 
 
 def test_members_must_share_the_catalogue() -> None:

@@ -162,6 +162,81 @@ def test_cli_tune_then_build_then_evaluate(
     assert "give --weight" in capsys.readouterr().err
 
 
+def test_reminder_shares_are_tuned_and_carried_into_the_build(
+    gru_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Every (w, tau) is tried with every reminder share; r = 0 rows are the grid without
+    reminders, each row scores as a built hybrid with its knobs, and the best r reaches the
+    bundle."""
+    dataset = PreparedDataset.open(tiny_dataset)
+    plain = tune_hybrid(gru_bundle, dataset, weights=(1.0, 0.5), temperatures=(1.0,))
+    result = tune_hybrid(
+        gru_bundle,
+        dataset,
+        weights=(1.0, 0.5),
+        temperatures=(1.0,),
+        reminders=(0.0, 0.3),
+        reminder_decay="last",
+    )
+    assert {(r["weight"], r["reminder"]) for r in result.rows} == {
+        (1.0, 0.0),
+        (1.0, 0.3),
+        (0.5, 0.0),
+        (0.5, 0.3),
+    }
+    for row in plain.rows:
+        same = next(r for r in result.rows if r["weight"] == row["weight"] and r["reminder"] == 0.0)
+        assert same["valid/mrr@20"] == row["valid/mrr@20"]
+    from shoprec.models.hybrid import HybridConfig
+    from shoprec.training.hybrid import build_hybrid
+
+    bundle = load_bundle(gru_bundle)
+    for row in result.rows:
+        knobs = HybridConfig(
+            weight=row["weight"],
+            temperature=1.0,
+            reminder=row["reminder"],
+            reminder_decay="last",
+        )
+        out = build_hybrid(gru_bundle, dataset, tmp_path / "h", knobs)
+        built = load_bundle(out).model
+        assert built.config == knobs and bundle.model.n_items == built.n_items
+        metrics = evaluate_model(built, dataset, split="valid").metrics
+        assert metrics["valid/mrr@20"] == pytest.approx(row["valid/mrr@20"], abs=1e-12)
+    assert result.best.reminder == result.rows[0]["reminder"]
+    assert result.best.reminder_decay == "last"
+    grid = tmp_path / "grid.json"
+    members = ["--neural", str(gru_bundle), "--data", str(tiny_dataset)]
+    tune = ["hybrid", "tune", *members, "--weights", "0.5", "--temperatures", "1"]
+    assert (
+        main([*tune, "--reminders", "0.25", "--reminder-decay", "last", "--output", str(grid)]) == 0
+    )
+    assert json.loads(grid.read_text())["best"]["reminder"] == 0.25
+    out = tmp_path / "cli"
+    assert main(["hybrid", "build", *members, "--tuned", str(grid), "--output", str(out)]) == 0
+    assert load_bundle(out).model.config.reminder == 0.25
+    assert load_bundle(out).model.config.reminder_decay == "last"
+    assert (
+        main(
+            [
+                "hybrid",
+                "build",
+                *members,
+                "--tuned",
+                str(grid),
+                "--reminder",
+                "0",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert load_bundle(out).model.config.reminder == 0.0  # an option overrides the tuned point
+    with pytest.raises(ShoprecError, match="reminder shares"):
+        tune_hybrid(gru_bundle, dataset, reminders=(1.0,))
+
+
 def test_knn_settings_are_tuned_with_and_carried_into_the_build(
     gru_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,8 +1,9 @@
 """Build and tune :class:`shoprec.models.hybrid.Hybrid` models (``shoprec hybrid``).
 
 A hybrid is made from a trained neural bundle and a kNN model fitted on the same dataset's
-train sessions. Its two knobs (the neural share ``w`` and the softmax temperature ``tau``) are
-chosen by :func:`tune_hybrid` on a dataset's VALIDATION cases; the chosen point is then built
+train sessions. Its knobs (the neural share ``w``, the softmax temperature ``tau`` and the
+reminder share ``r`` of the session's own items) are chosen by :func:`tune_hybrid` on a
+dataset's VALIDATION cases; the chosen point is then built
 once with :func:`build_hybrid` around the model retrained on the full train and evaluated on
 test with ``shoprec evaluate`` like any other bundle. Test cases are never read here.
 """
@@ -28,17 +29,22 @@ from shoprec.models.base import NextItemModel, left_pad
 from shoprec.models.hybrid import (
     Hybrid,
     HybridConfig,
+    ReminderDecay,
     ensemble_log_probs,
     full_scores,
     member_votes,
     mix_parts,
     neural_log_probs,
+    reminder_votes,
 )
 
 __all__ = ["TuneResult", "build_hybrid", "fit_knn", "knn_config", "refine_grid", "tune_hybrid"]
 
 DEFAULT_WEIGHTS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 DEFAULT_TEMPERATURES = (0.25, 0.5, 1.0, 2.0)
+DEFAULT_REMINDERS = (0.0,)
+
+Point = tuple[float, float, float]  # (w, tau, r)
 
 
 def knn_config(name: str, settings: dict[str, Any] | None = None) -> Any:
@@ -87,11 +93,17 @@ class TuneResult:
     split: str
     members: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    reminder_decay: ReminderDecay = "div"
 
     @property
     def best(self) -> HybridConfig:
         top = self.rows[0]
-        return HybridConfig(weight=top["weight"], temperature=top["temperature"])
+        return HybridConfig(
+            weight=top["weight"],
+            temperature=top["temperature"],
+            reminder=top.get("reminder", 0.0),
+            reminder_decay=self.reminder_decay,
+        )
 
 
 def _neural_paths(neural_bundle: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -117,29 +129,36 @@ def _grid_pass(
     member: NextItemModel,
     prefixes: list[Any],
     targets: np.ndarray,
-    grid: list[tuple[float, float]],
+    grid: list[Point],
     cutoff: int,
     batch_size: int,
-) -> dict[tuple[float, float], tuple[float, float]]:
-    """Hits and reciprocal ranks (summed over the cases) of every ``(w, tau)`` in ``grid``:
+    decay: ReminderDecay = "div",
+) -> dict[Point, tuple[float, float]]:
+    """Hits and reciprocal ranks (summed over the cases) of every ``(w, tau, r)`` in ``grid``:
     each member scores a batch once, every grid point re-mixes those scores."""
     hits = dict.fromkeys(grid, 0.0)
     rr = dict.fromkeys(grid, 0.0)
+    pairs = sorted({(w, tau) for w, tau, _ in grid})
     with torch.inference_mode():
         for lo in range(0, len(targets), batch_size):
             batch = left_pad(prefixes[lo : lo + batch_size])
             tgt = torch.from_numpy(targets[lo : lo + batch_size])
             s_n = [full_scores(neural, batch) for neural in neurals]
             votes = member_votes(member, batch)
+            own = reminder_votes(batch, decay) if any(r > 0 for *_, r in grid) else None
             log_p = {
                 tau: ensemble_log_probs([neural_log_probs(s, tau) for s in s_n])
-                for tau in sorted({t for _, t in grid})
+                for tau in sorted({t for _, t in pairs})
             }
-            for w, tau in grid:
-                ranks = pessimistic_ranks(mix_parts(log_p[tau], votes, w), tgt)
-                hit = ranks <= cutoff
-                hits[(w, tau)] += float(hit.sum())
-                rr[(w, tau)] += float(torch.where(hit, 1.0 / ranks, torch.zeros_like(ranks)).sum())
+            for w, tau in pairs:
+                mixed = mix_parts(log_p[tau], votes, w)
+                for r in sorted(r for a, t, r in grid if (a, t) == (w, tau)):
+                    scores = mix_parts(mixed, own, 1.0 - r) if own is not None and r > 0 else mixed
+                    ranks = pessimistic_ranks(scores, tgt)
+                    hit = ranks <= cutoff
+                    point = (w, tau, r)
+                    hits[point] += float(hit.sum())
+                    rr[point] += float(torch.where(hit, 1.0 / ranks, torch.zeros_like(ranks)).sum())
     return {point: (hits[point], rr[point]) for point in grid}
 
 
@@ -186,6 +205,8 @@ def tune_hybrid(
     split: str = "valid",
     weights: tuple[float, ...] = DEFAULT_WEIGHTS,
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES,
+    reminders: tuple[float, ...] = DEFAULT_REMINDERS,
+    reminder_decay: ReminderDecay = "div",
     cutoff: int = 20,
     batch_size: int = 256,
     refine: int = 0,
@@ -197,9 +218,13 @@ def tune_hybrid(
     Several ``neural_bundle`` paths make an ensemble: their probabilities are averaged (their
     ``w = 1`` row is the ensemble without kNN, at the grid's first temperature).
 
+    ``reminders`` are the reminder shares ``r`` to try at every ``(w, tau)`` (0 = none; see
+    :func:`shoprec.models.hybrid.reminder_votes`), all with one ``reminder_decay``.
+
     ``refine`` more passes each try the points halfway between the best point so far and its
-    neighbours (:func:`refine_grid`): a finer grid where it matters, chosen on ``split`` like
-    the rest. Every row says which pass it came from (``pass`` 0 = the grid).
+    neighbours (:func:`refine_grid`, at the best point's ``r``): a finer grid where it
+    matters, chosen on ``split`` like the rest. Every row says which pass it came from
+    (``pass`` 0 = the grid).
     """
     if split == "test":
         raise ShoprecError("tune the hybrid on a validation split, never on test")
@@ -207,6 +232,8 @@ def tune_hybrid(
         raise ShoprecError(
             "need weights, temperatures, batch_size >= 1, cutoff >= 1 and refine >= 0"
         )
+    if not reminders or any(not 0.0 <= r < 1.0 for r in reminders):
+        raise ShoprecError(f"reminder shares must be in [0, 1), not {list(reminders)}")
     t0 = time.perf_counter()
     paths = _neural_paths(neural_bundle)
     neurals = [b.model for b in _load_neurals(paths, dataset)]
@@ -223,32 +250,38 @@ def tune_hybrid(
     n = len(targets)
     hr_key, mrr_key = f"{split}/hr@{cutoff}", f"{split}/mrr@{cutoff}"
 
-    def order(row: dict[str, float]) -> tuple[float, float, float]:
-        return (-row[mrr_key], -row[hr_key], -row["weight"])
+    def order(row: dict[str, float]) -> tuple[float, float, float, float]:
+        return (-row[mrr_key], -row[hr_key], -row["weight"], row["reminder"])
 
-    grid = sorted(
-        {(1.0, temperatures[0])} | {(w, t) for w in weights if w < 1.0 for t in temperatures}
-    )
+    pairs = {(1.0, temperatures[0])} | {(w, t) for w in weights if w < 1.0 for t in temperatures}
+    grid = sorted((w, t, r) for w, t in pairs for r in sorted(set(reminders)))
     rows: list[dict[str, float]] = []
     for round_ in range(refine + 1):
         if round_ > 0:
             best = min(rows, key=order)
-            grid = refine_grid(
-                (best["weight"], best["temperature"]),
-                {(r["weight"], r["temperature"]) for r in rows},
-            )
+            share = best["reminder"]
+            grid = [
+                (w, t, share)
+                for w, t in refine_grid(
+                    (best["weight"], best["temperature"]),
+                    {(r["weight"], r["temperature"]) for r in rows if r["reminder"] == share},
+                )
+            ]
             if not grid:
                 break
-        sums = _grid_pass(neurals, member, prefixes, targets, grid, cutoff, batch_size)
+        sums = _grid_pass(
+            neurals, member, prefixes, targets, grid, cutoff, batch_size, reminder_decay
+        )
         rows += [
             {
                 "weight": w,
                 "temperature": tau,
+                "reminder": r,
                 hr_key: hits / n,
                 mrr_key: rr / n,
                 "pass": round_,
             }
-            for (w, tau), (hits, rr) in sums.items()
+            for (w, tau, r), (hits, rr) in sums.items()
         ]
     rows.sort(key=order)
     return TuneResult(
@@ -262,6 +295,7 @@ def tune_hybrid(
             "knn_config": knn_cfg.model_dump(),
         },
         seconds=time.perf_counter() - t0,
+        reminder_decay=reminder_decay,
     )
 
 
