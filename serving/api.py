@@ -118,7 +118,10 @@ class CartAddonsRequest(Body):
 class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(description="orders items within this list only")
-    reason: str
+    reason: str = Field(
+        description="why it is shown: 'because you viewed X', 'viewed in this session' (an "
+        "item the shopper already viewed), 'popular now' or a generic label"
+    )
     fallback: bool = Field(description="from popularity, not from the shopper's items")
 
 

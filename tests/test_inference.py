@@ -25,6 +25,7 @@ from shoprec.inference import (
     CART_REASON,
     GENERIC_REASON,
     POPULAR_REASON,
+    SEEN_REASON,
     ChurnScorer,
     ChurnUnavailable,
     Recommender,
@@ -153,6 +154,18 @@ def test_reason_names_the_most_related_session_item_not_the_newest() -> None:
     nb = hand_neighbours({2: [(3, 0.7)]})
     r = Recommender(bundle(aux=False, extra=nb))
     assert r.next_items(["c", "a"], k=1)[0].reason == "because you viewed c"
+
+
+@pytest.mark.parametrize("aux", [True, False])
+def test_an_item_the_shopper_already_viewed_is_labelled_as_such(aux: bool) -> None:
+    """After b, a the model's best item is b (a -> b 3 times): a reminder, not "because you
+    viewed a"; excluding viewed items drops it instead."""
+    r = Recommender(bundle(aux=aux))
+    got = r.next_items(["b", "a"], k=2)
+    assert got[0].item_id == "b" and got[0].reason == SEEN_REASON and not got[0].fallback
+    assert all(x.reason != SEEN_REASON for x in got[1:])
+    kept = r.next_items(["b", "a"], k=2, exclude={"b", "a"})
+    assert "b" not in ids(kept) and all(x.reason != SEEN_REASON for x in kept)
 
 
 def test_without_neighbours_reasons_are_generic() -> None:

@@ -10,7 +10,9 @@ layer, over any :class:`~shoprec.models.base.NextItemModel` (it only calls ``sco
   ranks fewer than ``k`` items is topped up the same way, so a rail is never empty;
 * every model recommendation says "because you viewed X", X being the session item most related
   to it by item co-occurrence (``bundle.aux["neighbour_idx"/"neighbour_weight"]``, built by
-  :func:`build_item_neighbours`); without neighbours the reason is generic;
+  :func:`build_item_neighbours`); without neighbours the reason is generic; an item of the
+  session itself (a reminder, when viewed items are not excluded) says "viewed in this
+  session";
 * cart add-ons come from cart/purchase co-occurrence (``aux["cart_neighbour_*"]``, built by
   :func:`build_cart_neighbours`), then from the model's next-item scores for the cart;
 * :meth:`Recommender.next_items_batch` scores many sessions in one ``score`` call, which the
@@ -53,6 +55,7 @@ __all__ = [
     "CART_REASON",
     "GENERIC_REASON",
     "POPULAR_REASON",
+    "SEEN_REASON",
     "ChurnDriver",
     "ChurnRisk",
     "ChurnScorer",
@@ -67,6 +70,7 @@ __all__ = [
 
 POPULAR_REASON = "popular now"
 GENERIC_REASON = "picked for this session"
+SEEN_REASON = "viewed in this session"  # a recommended item the shopper already viewed
 CART_REASON = "goes with your cart"
 
 NEIGHBOUR_IDX = "neighbour_idx"
@@ -750,17 +754,23 @@ class Recommender:
         """For each recommended index, the reason naming its most related session item.
 
         Ties go to the most recent session item (a shopper remembers the last thing they saw).
+        An item of the session itself is a reminder: :data:`SEEN_REASON`.
         """
         nb = neighbours or self.neighbours
         if nb is None or not session or recs.size == 0:
-            return [generic] * int(recs.size)
-        anchors = np.fromiter(dict.fromkeys(reversed(session)), dtype=np.int64)  # newest first
-        rel = nb.relation(anchors, recs.astype(np.int64, copy=False))  # (A, R)
-        best_a = rel.argmax(axis=0)  # first max = most recent anchor
-        best_w = rel[best_a, np.arange(rel.shape[1])]
+            reasons = [generic] * int(recs.size)
+        else:
+            anchors = np.fromiter(dict.fromkeys(reversed(session)), dtype=np.int64)  # newest 1st
+            rel = nb.relation(anchors, recs.astype(np.int64, copy=False))  # (A, R)
+            best_a = rel.argmax(axis=0)  # first max = most recent anchor
+            best_w = rel[best_a, np.arange(rel.shape[1])]
+            reasons = [
+                because(self.item_ids[int(anchors[a])]) if w > 0 else generic
+                for w, a in zip(best_w.tolist(), best_a.tolist(), strict=True)
+            ]
+        seen = set(session)
         return [
-            because(self.item_ids[int(anchors[a])]) if w > 0 else generic
-            for w, a in zip(best_w.tolist(), best_a.tolist(), strict=True)
+            SEEN_REASON if i in seen else why for i, why in zip(recs.tolist(), reasons, strict=True)
         ]
 
     # --- cart add-ons ---
