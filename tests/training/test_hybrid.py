@@ -184,6 +184,18 @@ def test_reminder_shares_are_tuned_and_carried_into_the_build(
         (0.5, 0.0),
         (0.5, 0.3),
     }
+    two_taus = tune_hybrid(
+        gru_bundle, dataset, weights=(0.5,), temperatures=(1.0, 2.0), reminders=(0.0, 0.3)
+    )  # w = 1 is always tried; with a reminder its temperature matters, so every one is
+    assert sorted((r["weight"], r["temperature"], r["reminder"]) for r in two_taus.rows) == [
+        (0.5, 1.0, 0.0),
+        (0.5, 1.0, 0.3),
+        (0.5, 2.0, 0.0),
+        (0.5, 2.0, 0.3),
+        (1.0, 1.0, 0.0),
+        (1.0, 1.0, 0.3),
+        (1.0, 2.0, 0.3),
+    ]
     for row in plain.rows:
         same = next(r for r in result.rows if r["weight"] == row["weight"] and r["reminder"] == 0.0)
         assert same["valid/mrr@20"] == row["valid/mrr@20"]
@@ -211,28 +223,19 @@ def test_reminder_shares_are_tuned_and_carried_into_the_build(
     assert (
         main([*tune, "--reminders", "0.25", "--reminder-decay", "last", "--output", str(grid)]) == 0
     )
-    assert json.loads(grid.read_text())["best"]["reminder"] == 0.25
+    tuned = json.loads(grid.read_text())
+    assert {r["reminder"] for r in tuned["rows"]} == {0.0, 0.25}  # w = 1, r = 0 is always in
+    assert tuned["best"]["reminder"] == tuned["rows"][0]["reminder"]
+    assert tuned["best"]["reminder_decay"] == "last"
     out = tmp_path / "cli"
-    assert main(["hybrid", "build", *members, "--tuned", str(grid), "--output", str(out)]) == 0
+    build = ["hybrid", "build", *members, "--tuned", str(grid), "--output", str(out)]
+    assert main(build) == 0
+    assert load_bundle(out).model.config.reminder == tuned["best"]["reminder"]
+    assert main([*build, "--reminder", "0.25"]) == 0  # an option overrides the tuned point
     assert load_bundle(out).model.config.reminder == 0.25
     assert load_bundle(out).model.config.reminder_decay == "last"
-    assert (
-        main(
-            [
-                "hybrid",
-                "build",
-                *members,
-                "--tuned",
-                str(grid),
-                "--reminder",
-                "0",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    assert load_bundle(out).model.config.reminder == 0.0  # an option overrides the tuned point
+    assert main([*build, "--reminder", "0"]) == 0
+    assert load_bundle(out).model.config.reminder == 0.0
     with pytest.raises(ShoprecError, match="reminder shares"):
         tune_hybrid(gru_bundle, dataset, reminders=(1.0,))
 

@@ -216,7 +216,8 @@ def tune_hybrid(
     Each member scores a batch once; every grid point re-mixes those scores. ``w = 1`` (the
     neural model alone) is always in the grid, so the result says what the hybrid adds.
     Several ``neural_bundle`` paths make an ensemble: their probabilities are averaged (their
-    ``w = 1`` row is the ensemble without kNN, at the grid's first temperature).
+    ``w = 1`` row is the ensemble without kNN, at the grid's first temperature: without a
+    reminder, tau does not change its ranking).
 
     ``reminders`` are the reminder shares ``r`` to try at every ``(w, tau)`` (0 = none; see
     :func:`shoprec.models.hybrid.reminder_votes`), all with one ``reminder_decay``.
@@ -253,8 +254,12 @@ def tune_hybrid(
     def order(row: dict[str, float]) -> tuple[float, float, float, float]:
         return (-row[mrr_key], -row[hr_key], -row["weight"], row["reminder"])
 
-    pairs = {(1.0, temperatures[0])} | {(w, t) for w in weights if w < 1.0 for t in temperatures}
-    grid = sorted((w, t, r) for w, t in pairs for r in sorted(set(reminders)))
+    # w = 1 without a reminder is the neural ranking whatever tau: one temperature is enough
+    grid = sorted(
+        {(1.0, temperatures[0], 0.0)}
+        | {(w, t, r) for w in {1.0, *weights} for t in temperatures for r in reminders}
+        - {(1.0, t, 0.0) for t in temperatures[1:]}
+    )
     rows: list[dict[str, float]] = []
     for round_ in range(refine + 1):
         if round_ > 0:
