@@ -127,6 +127,47 @@ def _worker(
     )
 
 
+def test_best_config_exports_are_atomic_and_never_replace_a_valid_one_with_a_bad_one(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Workers of one study export the best config to the same path at the same moment: a
+    reader must only ever see whole, valid files (a worker once read another's half-written
+    best.yaml and failed), and an export that does not validate leaves the old file."""
+    import threading
+
+    from shoprec.config import ConfigError
+    from shoprec.tuning import export_best_config
+
+    search = load_search(_write_search(tmp_path, tiny_dataset, VSKNN, VSKNN_SPACE))
+    path = tmp_path / "tune" / "best.yaml"
+    export_best_config(search, {"model.k": 7}, path)
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for _ in range(25):
+                export_best_config(search, {"model.k": k}, path)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in (11, 12, 13)]
+    for t in threads:
+        t.start()
+    reads = 0
+    while any(t.is_alive() for t in threads):
+        assert load_experiment(path).model["k"] in (7, 11, 12, 13)
+        reads += 1
+    for t in threads:
+        t.join()
+    assert not errors and reads > 0
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.yaml"]  # no temporaries
+    before = path.read_text()
+    with pytest.raises(ConfigError):
+        export_best_config(search, {"model.k": -5}, path)  # k must be >= 1
+    assert path.read_text() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.yaml"]
+
+
 def test_two_workers_share_one_postgres_study(
     tiny_dataset: Path, tmp_path: Path, postgres_url: str
 ) -> None:

@@ -15,6 +15,8 @@ re-queue their parameters, so a killed study resumes where it stopped.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,15 +178,23 @@ def export_best_config(search: SearchConfig, best: dict[str, Any], path: Path) -
     data["name"] = f"{data.get('name', search.name)}_tuned"
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# Best trial of study {search.name!r}, exported by `shoprec tune`.\n"
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    from shoprec.churn.config import is_churn_config_file
+    # Workers of one study finish together and export to the same path: each writes its own
+    # file, validates it, then renames it into place (atomic), so no reader ever sees half a
+    # file and an invalid export never replaces a valid one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        from shoprec.churn.config import is_churn_config_file
 
-    if is_churn_config_file(path):  # the export must itself be a valid config
-        from shoprec.churn.run import load_churn_config
+        if is_churn_config_file(tmp):  # the export must itself be a valid config
+            from shoprec.churn.run import load_churn_config
 
-        load_churn_config(path)
-    else:
-        load_experiment(path)
+            load_churn_config(tmp)
+        else:
+            load_experiment(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
