@@ -184,9 +184,9 @@ def export_best_config(search: SearchConfig, best: dict[str, Any], path: Path) -
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         tmp.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        from shoprec.churn.config import is_churn_config_file
+        from shoprec.churn.config import is_churn_config
 
-        if is_churn_config_file(tmp):  # the export must itself be a valid config
+        if is_churn_config(data):  # the export must itself be a valid config
             from shoprec.churn.run import load_churn_config
 
             load_churn_config(tmp)

@@ -138,22 +138,30 @@ def _grid_pass(
     each member scores a batch once, every grid point re-mixes those scores."""
     hits = dict.fromkeys(grid, 0.0)
     rr = dict.fromkeys(grid, 0.0)
-    pairs = sorted({(w, tau) for w, tau, _ in grid})
+    shares: dict[tuple[float, float], list[float]] = {}  # (w, tau) -> its reminder shares
+    for w, tau, r in sorted(grid):
+        shares.setdefault((w, tau), []).append(r)
+    temperatures = sorted({tau for _, tau in shares})
+    any_reminder = any(r > 0 for *_, r in grid)
     with torch.inference_mode():
         for lo in range(0, len(targets), batch_size):
             batch = left_pad(prefixes[lo : lo + batch_size])
             tgt = torch.from_numpy(targets[lo : lo + batch_size])
             s_n = [full_scores(neural, batch) for neural in neurals]
             votes = member_votes(member, batch)
-            own = reminder_votes(batch, decay) if any(r > 0 for *_, r in grid) else None
+            reminded = reminder_votes(batch, decay) if any_reminder else None
             log_p = {
                 tau: ensemble_log_probs([neural_log_probs(s, tau) for s in s_n])
-                for tau in sorted({t for _, t in pairs})
+                for tau in temperatures
             }
-            for w, tau in pairs:
+            for (w, tau), rs in shares.items():
                 mixed = mix_parts(log_p[tau], votes, w)
-                for r in sorted(r for a, t, r in grid if (a, t) == (w, tau)):
-                    scores = mix_parts(mixed, own, 1.0 - r) if own is not None and r > 0 else mixed
+                for r in rs:
+                    scores = (
+                        mix_parts(mixed, reminded, 1.0 - r)
+                        if reminded is not None and r > 0
+                        else mixed
+                    )
                     ranks = pessimistic_ranks(scores, tgt)
                     hit = ranks <= cutoff
                     point = (w, tau, r)
